@@ -1,0 +1,11 @@
+// pybind11 module skipkern._C: CPU kernels on raw pointers (no torch headers).
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void register_skip_linear(py::module_& m);  // csrc/skip_linear.cpp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "skipkern CPU kernels (C++/OpenMP, raw pointers)";
+  register_skip_linear(m);
+}

@@ -1,0 +1,146 @@
+"""SkipMLP: the paper's deep fully-connected nets (plain, residual, orthogonal, degenerate,
+hyper-residual), built from SkipLinear layers.
+
+Layout, with ``depth`` hidden layers of ``width`` units:
+    h_1 = act(W_0 x + b_0)                                      input layer, no skip (widths differ)
+    h_{j+1} = act(W_j h_j + b_j) + S_j(h_j) [+ hyper_j]         j = 1 .. depth-1 (square layers)
+    logits = W_out h_depth + b_out                              linear output layer
+S_j is none (plain), identity (residual, hyper_residual), a fixed orthogonal Q_j (orthogonal) or a
+degenerate Q_j (degenerate). The hyper-residual term (PAPER.md, form unverified) is
+    hyper_j = c_j * sum_{k<j} P_k h_k,   c_j = 1/(j-1) ("mean") or 1 ("sum"),
+P_k fixed random orthogonal ("orthogonal") or the identity ("identity"), one per source layer k.
+Optional BatchNorm1d after chosen hidden layers (``batchnorm_layers``, 0-based hidden indices), for the
+BiasReg + BN study.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from skipkern.nn.init import random_orthogonal
+from skipkern.nn.skip_linear import SkipLinear
+
+ARCHS = ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")
+_ARCH_SKIP = {"plain": "none", "residual": "identity", "orthogonal": "orthogonal",
+              "degenerate": "degenerate", "hyper_residual": "identity"}
+
+
+class SkipMLP(nn.Module):
+    """Deep skip MLP of the paper. Input [B, in_features] -> logits [B, out_features].
+
+    Args:
+        in_features, width, depth, out_features: sizes; ``depth`` >= 1 hidden layers in total,
+            the first of which maps in_features -> width.
+        arch: "plain", "residual", "orthogonal", "degenerate" or "hyper_residual".
+        activation: hidden activation ("relu" in the paper).
+        degenerate_fraction: fraction of zeroed singular values of the degenerate skips.
+        hyper_reduce: "mean" (1/(j-1) sum, default) or "sum" for the hyper-residual term.
+        hyper_skip: "orthogonal" (default) or "identity" for the hyper-residual matrices P_k.
+        batchnorm_layers: hidden-layer indices (0-based) followed by a BatchNorm1d.
+        bias: learn biases. backend: forced backend of every layer.
+        seed: makes weights and fixed skip matrices reproducible.
+    """
+
+    def __init__(self, in_features: int, width: int, depth: int, out_features: int, arch: str = "residual",
+                 activation: str = "relu", backend: str = "auto", degenerate_fraction: float = 0.5,
+                 hyper_reduce: str = "mean", hyper_skip: str = "orthogonal",
+                 batchnorm_layers: Sequence[int] = (), bias: bool = True, seed: Optional[int] = None,
+                 device=None, dtype=None):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        for name, v in (("in_features", in_features), ("width", width), ("depth", depth),
+                        ("out_features", out_features)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if hyper_reduce not in ("mean", "sum"):
+            raise ValueError(f"hyper_reduce must be 'mean' or 'sum', got {hyper_reduce!r}")
+        if hyper_skip not in ("orthogonal", "identity"):
+            raise ValueError(f"hyper_skip must be 'orthogonal' or 'identity', got {hyper_skip!r}")
+        bad = [i for i in batchnorm_layers if not 0 <= int(i) < depth]
+        if bad:
+            raise ValueError(f"batchnorm_layers must be hidden-layer indices in [0, {depth}), got {bad}")
+        self.in_features, self.width, self.depth, self.out_features = in_features, width, depth, out_features
+        self.arch, self.activation = arch, activation
+        self.hyper_reduce, self.hyper_skip = hyper_reduce, hyper_skip
+        self.degenerate_fraction = degenerate_fraction
+        g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        kw = dict(activation=activation, backend=backend, bias=bias, generator=g, device=device, dtype=dtype)
+        layers = [SkipLinear(in_features, width, skip="none", **kw)]
+        skip = _ARCH_SKIP[arch]
+        for _ in range(depth - 1):
+            layers.append(SkipLinear(width, width, skip=skip, degenerate_fraction=degenerate_fraction, **kw))
+        out_kw = dict(kw, activation="identity")
+        layers.append(SkipLinear(width, out_features, skip="none", **out_kw))
+        self.layers = nn.ModuleList(layers)
+        self.batchnorm_layers = tuple(sorted(int(i) for i in batchnorm_layers))
+        self.norms = nn.ModuleDict({str(i): nn.BatchNorm1d(width, device=device, dtype=dtype)
+                                    for i in self.batchnorm_layers})
+        n_hyper = max(depth - 2, 0) if arch == "hyper_residual" else 0
+        dt = self.layers[0].weight.dtype
+        for k in range(n_hyper):
+            p = (random_orthogonal(width, width, generator=g, dtype=dt) if hyper_skip == "orthogonal"
+                 else torch.eye(width, dtype=dt))
+            self.register_buffer(f"hyper_{k}", p.to(self.layers[0].weight.device))
+        self.n_hyper = n_hyper
+
+    @property
+    def hidden_layers(self) -> nn.ModuleList:
+        """The ``depth`` hidden SkipLinear layers (input layer first), without the output layer."""
+        return self.layers[:-1]
+
+    @property
+    def output_layer(self) -> SkipLinear:
+        return self.layers[-1]
+
+    def hyper_matrix(self, k: int) -> torch.Tensor:
+        """P_k [width, width], the fixed hyper-residual matrix from hidden layer k (1-based source)."""
+        return getattr(self, f"hyper_{k - 1}")
+
+    def hyper_coefficient(self, j: int) -> float:
+        """c_j of the hyper-residual term entering h_{j+1} (j = 2 .. depth-1)."""
+        return 1.0 / (j - 1) if self.hyper_reduce == "mean" else 1.0
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """x [B, in_features] -> logits [B, out_features]; with return_hidden, also the list of the
+        ``depth`` hidden representations h_1 .. h_depth, each [B, width] (after skip and BN)."""
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x must have shape [batch, {self.in_features}], got {tuple(x.shape)}")
+        hidden = []
+        h = self.layers[0](x)
+        h = self._norm(0, h)
+        hidden.append(h)
+        hyper_sum = None
+        for j in range(1, self.depth):
+            h_new = self.layers[j](h)
+            if self.n_hyper:
+                if j >= 2:
+                    term = hyper_sum * self.hyper_coefficient(j)
+                    h_new = h_new + term
+                if j <= self.n_hyper:
+                    contrib = h @ self.hyper_matrix(j).transpose(0, 1)
+                    hyper_sum = contrib if hyper_sum is None else hyper_sum + contrib
+            h = self._norm(j, h_new)
+            hidden.append(h)
+        logits = self.layers[-1](h)
+        return (logits, hidden) if return_hidden else logits
+
+    def _norm(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        key = str(i)
+        return self.norms[key](h) if key in self.norms else h
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, width={self.width}, depth={self.depth}, "
+                f"out_features={self.out_features}, arch={self.arch!r}")
+
+
+@torch.no_grad()
+def malicious_init_(model: SkipMLP) -> SkipMLP:
+    """The paper's malicious initialisation: W <- W - I on every square hidden layer, in place."""
+    for layer in model.hidden_layers:
+        w = layer.weight
+        if w.shape[0] == w.shape[1]:
+            w.sub_(torch.eye(w.shape[0], dtype=w.dtype, device=w.device))
+    return model

@@ -1,0 +1,215 @@
+"""skip_linear: y = act(x @ W^T + b) + S(x), as the custom ops ``skipkern::skip_linear_fwd`` and
+``skipkern::skip_linear_bwd``.
+
+The forward op returns (y, z) with z the pre-activation, saved for backward. The backward op's own
+autograd formula is the vjp of the plain-torch backward formula (``skip_linear_bwd_ref``), so double
+backward (Hessian-vector products through these layers) works on every backend, and any higher order
+runs through plain torch. Backends are resolved in Python before the op is called, so the op receives a
+concrete backend name.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from skipkern import backends
+from skipkern.reference import ACTIVATIONS, skip_linear_bwd_ref, skip_linear_composite
+
+__all__ = ["skip_linear", "normalize_skip"]
+
+SkipArg = Union[None, str, Tensor]
+
+
+# ---------------------------------------------------------------------------------------------- ops
+@torch.library.custom_op("skipkern::skip_linear_fwd", mutates_args=())
+def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor],
+                    skip: str, activation: str, backend: str) -> tuple[Tensor, Tensor]:
+    """Forward. x [B, K], weight [N, K], bias [N]?, q [N, K]? -> (y [B, N], z [B, N])."""
+    y, z = backends.launcher(backend).skip_linear_fwd(x, weight, bias, q, skip, activation)
+    if y.data_ptr() == z.data_ptr():  # identity activation, no skip: outputs must not alias
+        y = y.clone()
+    return y, z
+
+
+@skip_linear_fwd.register_fake
+def _(x, weight, bias, q, skip, activation, backend):
+    out = x.new_empty(x.shape[0], weight.shape[0])
+    return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("skipkern::skip_linear_bwd", mutates_args=())
+def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor],
+                    skip: str, activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward. Returns (dx [B, K], dW [N, K], db [N]); db is zeros when has_bias is False."""
+    dx, dw, db = backends.launcher(backend).skip_linear_bwd(
+        grad_y, x, weight, z, q, skip, activation, has_bias)
+    if db is None:
+        db = weight.new_zeros(weight.shape[0])
+    return dx, dw, db
+
+
+@skip_linear_bwd.register_fake
+def _(grad_y, x, weight, z, q, skip, activation, has_bias, backend):
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+# ----------------------------------------------------------------------------------------- autograd
+def _fwd_setup_context(ctx, inputs, output):
+    x, weight, bias, q, skip, activation, backend = inputs
+    _, z = output
+    ctx.save_for_backward(x, weight, z, q)
+    ctx.meta = (skip, activation, bias is not None, backend)
+    ctx.set_materialize_grads(False)
+
+
+def _fwd_backward(ctx, grad_y, grad_z):
+    x, weight, z, q = ctx.saved_tensors
+    skip, activation, has_bias, backend = ctx.meta
+    dx = dw = db = dq = None
+    if grad_y is not None:
+        dx, dw, db = skip_linear_bwd(grad_y.contiguous(), x, weight, z, q, skip, activation, has_bias, backend)
+        if q is not None and ctx.needs_input_grad[3]:
+            dq = grad_y.transpose(0, 1) @ x
+    if grad_z is not None:  # only in higher-order graphs: z = x W^T + b is linear
+        dx = grad_z @ weight if dx is None else dx + grad_z @ weight
+        gw = grad_z.transpose(0, 1) @ x
+        dw = gw if dw is None else dw + gw
+        gb = grad_z.sum(0)
+        db = gb if db is None else db + gb
+    if not has_bias:
+        db = None
+    return dx, dw, db, dq, None, None, None
+
+
+skip_linear_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+def _bwd_setup_context(ctx, inputs, output):
+    grad_y, x, weight, z, q, skip, activation, has_bias, backend = inputs
+    ctx.save_for_backward(grad_y, x, weight, z, q)
+    ctx.meta = (skip, activation, has_bias)
+
+
+def _bwd_backward(ctx, g_dx, g_dw, g_db):
+    grad_y, x, weight, z, q = ctx.saved_tensors
+    skip, activation, has_bias = ctx.meta
+
+    def f(gy, xx, w, zz, qq):
+        dx, dw, db = skip_linear_bwd_ref(gy, xx, w, zz, qq, skip, activation, True)
+        return dx, dw, db
+
+    cot = (
+        g_dx if g_dx is not None else torch.zeros_like(x),
+        g_dw if g_dw is not None else torch.zeros_like(weight),
+        g_db if (g_db is not None and has_bias) else weight.new_zeros(weight.shape[0]),
+    )
+    qq = q if q is not None else weight.new_zeros(0)
+    _, vjp_fn = torch.func.vjp(lambda gy, xx, w, zz, qa: f(gy, xx, w, zz, q if q is None else qa),
+                               grad_y, x, weight, z, qq)
+    d_gy, d_x, d_w, d_z, d_q = vjp_fn(cot)
+    return d_gy, d_x, d_w, d_z, (d_q if q is not None else None), None, None, None, None
+
+
+skip_linear_bwd.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+# ------------------------------------------------------------------------------------- public entry
+def _in_functorch_transform() -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+@torch._dynamo.assume_constant_result
+def _resolve(backend: str, device: torch.device, dtype: torch.dtype, x_shape: tuple, w_shape: tuple) -> str:
+    # Backend choice is host-side Python (imports, env, warnings): torch.compile treats it as a constant.
+    return backends.resolve("skip_linear", backend, device, dtype, (x_shape, w_shape))
+
+
+def normalize_skip(skip: SkipArg) -> tuple[str, Optional[Tensor]]:
+    """Map the user-facing skip argument to (kind, Q): None/"none" -> ("none", None),
+    "identity" -> ("identity", None), a tensor Q -> ("dense", Q)."""
+    if skip is None or (isinstance(skip, str) and skip == "none"):
+        return "none", None
+    if isinstance(skip, str):
+        if skip == "identity":
+            return "identity", None
+        raise ValueError(f"skip must be None, 'none', 'identity' or a tensor Q of shape [out, in]; got {skip!r}")
+    if isinstance(skip, Tensor):
+        return "dense", skip
+    raise TypeError(f"skip must be None, 'none', 'identity' or a torch.Tensor; got {type(skip).__name__}")
+
+
+def _check_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], kind: str, q: Optional[Tensor],
+                  activation: str) -> None:
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must have a floating dtype (float32, float64, float16, bfloat16), got {x.dtype}; "
+                        f"convert with x.float()")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [..., in_features={weight.shape[1]}] to match weight "
+                         f"{tuple(weight.shape)}, got {tuple(x.shape)}")
+    others = [("weight", weight)]
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape [out_features={weight.shape[0]}], got {tuple(bias.shape)}")
+        others.append(("bias", bias))
+    if kind == "identity" and weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"skip='identity' needs in_features == out_features, got weight of shape "
+                         f"{tuple(weight.shape)}; use a tensor Q [out, in] (e.g. skip='orthogonal' in SkipLinear)")
+    if kind == "dense":
+        if q.shape != weight.shape:
+            raise ValueError(f"skip tensor Q must have shape [out, in] = {tuple(weight.shape)}, got {tuple(q.shape)}")
+        others.append(("skip", q))
+    for name, t in others:
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; all of x, weight, bias and Q must "
+                            f"share one dtype (cast with .to({x.dtype}))")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device")
+
+
+def skip_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: SkipArg = None,
+                activation: str = "relu", backend: str = "auto") -> Tensor:
+    """y = act(x @ weight^T + bias) + S(x), fused.
+
+    Args:
+        x: [..., in] floating tensor (float32/float64 everywhere; float16/bfloat16 on GPU backends).
+        weight: [out, in]. bias: [out] or None.
+        skip: None (no skip), "identity" (S(x) = x, needs in == out) or a tensor Q [out, in]
+            (S(x) = x @ Q^T; Q is treated as a constant unless it requires grad).
+        activation: "relu", "identity", "tanh" or "gelu" (exact erf form).
+        backend: "auto", "torch", "cpp", "triton" or "cuda" (see skipkern.backends).
+
+    Returns:
+        y [..., out], same dtype and device as x.
+    """
+    kind, q = normalize_skip(skip)
+    _check_inputs(x, weight, bias, kind, q, activation)
+    if _in_functorch_transform():
+        # Custom ops carry no torch.func (grad/vmap/jvp) rules: inside a transform run the same math as
+        # plain differentiable torch ops. Logged once as backend "torch (torch.func composite)".
+        backends.note_fallback("skip_linear", "torch.func transform active: plain-torch composite")
+        return skip_linear_composite(x, weight, bias, q if kind == "dense" else (None if kind == "none" else kind),
+                                     activation)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    n, k = weight.shape
+    if x2.shape[0] == 0 or n == 0 or k == 0:
+        name = "torch"  # empty work: every backend would return the same empty/zero result
+    else:
+        name = _resolve(backend, x.device, x.dtype, tuple(x2.shape), (n, k))
+    y, _ = skip_linear_fwd(x2.contiguous(), weight.contiguous(),
+                           None if bias is None else bias.contiguous(),
+                           None if q is None else q.contiguous(), kind, activation, name)
+    return y.reshape(*lead, n)

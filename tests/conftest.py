@@ -1,0 +1,34 @@
+"""Test set-up: the Triton interpreter on machines without a GPU, and SKIPKERN_REQUIRE.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
+SKIPKERN_REQUIRE=cpp,triton (CI) turns "backend unavailable, skipped" into a failure.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import skipkern  # noqa: E402
+
+
+def required_backends() -> set:
+    return {b.strip() for b in os.environ.get("SKIPKERN_REQUIRE", "").split(",") if b.strip()}
+
+
+def pytest_report_header(config):
+    lines = [f"skipkern {skipkern.__version__}, torch {torch.__version__}, "
+             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}, "
+             f"SKIPKERN_REQUIRE={os.environ.get('SKIPKERN_REQUIRE', '')}"]
+    for b in skipkern.backends.available():
+        lines.append(f"  backend {b.name:7s} {'yes' if b.available else 'no '}  {b.reason}")
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
