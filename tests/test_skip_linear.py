@@ -1,0 +1,185 @@
+"""skip_linear on every backend available here against the float64 plain-torch reference:
+forward, all gradients from one shared grad_output, gradcheck/gradgradcheck, opcheck, torch.compile,
+bad input, backend resolution."""
+import os
+
+import pytest
+import torch
+
+import skipkern
+from skipkern.ops import skip_linear
+from skipkern.reference import ACTIVATIONS, skip_linear_composite
+from tests.utils import assert_close, backend_params, ensure_backend
+
+# (B, K, N, skip): batch 1/3/257, widths 1/7/128/130, in != out through a dense Q.
+CASES = [
+    (1, 1, 1, "identity"),
+    (3, 7, 7, "identity"),
+    (257, 130, 130, "identity"),
+    (3, 7, 5, "dense"),
+    (257, 128, 130, "dense"),
+    (1, 130, 128, "dense"),
+    (3, 7, 9, "none"),
+    (257, 1, 7, "none"),
+]
+DTYPES = [torch.float64, torch.float32]
+
+
+def _interp_too_big(backend, b, k, n):
+    # The Triton interpreter is slow: its kernels are covered in detail by test_triton_kernels.py.
+    return backend == "triton" and b * max(k, n) > 4000
+
+
+def _make(b, k, n, skip, dtype, bias=True):
+    x = torch.randn(b, k, dtype=torch.float64)
+    w = torch.randn(n, k, dtype=torch.float64) / k ** 0.5
+    bb = torch.randn(n, dtype=torch.float64) if bias else None
+    s = torch.linalg.qr(torch.randn(max(n, k), min(n, k), dtype=torch.float64))[0] if skip == "dense" else None
+    if s is not None and n < k:
+        s = s.T
+    if s is not None:
+        s = s.contiguous()
+    skip_arg = s if skip == "dense" else (None if skip == "none" else "identity")
+    return x, w, bb, skip_arg
+
+
+def _run(backend, x, w, b, skip, act, dtype, grad_out):
+    xs = x.detach().to(dtype).clone().requires_grad_()
+    ws = w.detach().to(dtype).clone().requires_grad_()
+    bs = None if b is None else b.detach().to(dtype).clone().requires_grad_()
+    ss = skip.to(dtype) if isinstance(skip, torch.Tensor) else skip
+    y = skip_linear(xs, ws, bs, ss, act, backend=backend)
+    y.backward(grad_out.to(dtype))
+    return y, xs.grad, ws.grad, None if bs is None else bs.grad
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_matches_reference(backend, dtype, activation, case):
+    ensure_backend(backend)
+    b, k, n, skip = case
+    if _interp_too_big(backend, b, k, n):
+        pytest.skip("shape too large for the Triton interpreter")
+    x, w, bias, s = _make(b, k, n, skip, dtype)
+    g = torch.randn(b, n, dtype=torch.float64)
+    ref = _run("torch", x, w, bias, s, activation, torch.float64, g)
+    out = _run(backend, x, w, bias, s, activation, dtype, g)
+    assert skipkern.backends.last_used() == backend
+    for name, o, r in zip(("y", "dx", "dw", "db"), out, ref):
+        assert o.dtype == dtype
+        assert_close(o, r, dtype, f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+def test_noncontiguous_and_leading_dims(backend):
+    ensure_backend(backend)
+    x_big = torch.randn(9, 4, 2, dtype=torch.float64)
+    x = x_big[:, :, 0]  # [9, 4], strided
+    w = torch.randn(4, 5, dtype=torch.float64).T  # [5, 4], non-contiguous
+    bias = torch.randn(10, dtype=torch.float64)[::2]  # [5], strided
+    assert not x.is_contiguous() and not w.is_contiguous() and not bias.is_contiguous()
+    y = skip_linear(x, w, bias, None, "tanh", backend=backend)
+    assert_close(y, skip_linear_composite(x, w, bias, None, "tanh"), torch.float64, "strided")
+    x3 = torch.randn(2, 3, 5, dtype=torch.float64)
+    w5 = torch.randn(5, 5, dtype=torch.float64)
+    y3 = skip_linear(x3, w5, None, "identity", "relu", backend=backend)
+    assert y3.shape == (2, 3, 5)
+    assert_close(y3, skip_linear_composite(x3, w5, None, "identity", "relu"), torch.float64, "leading dims")
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+@pytest.mark.parametrize("skip", ["none", "identity", "dense"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_gradcheck_gradgradcheck(backend, skip, activation):
+    ensure_backend(backend)
+    x, w, bias, s = _make(2, 3, 3, skip, torch.float64)
+    if activation == "relu":  # keep pre-activations away from the kink for finite differences
+        x = x + 0.0
+    args = tuple(t.requires_grad_() for t in (x, w, bias))
+    f = lambda xx, ww, bb: skip_linear(xx, ww, bb, s, activation, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+def test_opcheck(backend):
+    ensure_backend(backend)
+    x, w, b, q = torch.randn(4, 5), torch.randn(6, 5), torch.randn(6), torch.randn(6, 5)
+    torch.library.opcheck(torch.ops.skipkern.skip_linear_fwd, (x, w, b, q, "dense", "relu", backend))
+    g, z = torch.randn(4, 6), torch.randn(4, 6)
+    torch.library.opcheck(torch.ops.skipkern.skip_linear_bwd, (g, x, w, z, q, "dense", "gelu", True, backend))
+
+
+def test_torch_compile_fullgraph():
+    x, w, b = torch.randn(6, 8), torch.randn(8, 8), torch.randn(8)
+    f = torch.compile(lambda t: skip_linear(t, w, b, "identity", "relu"), fullgraph=True)
+    torch.testing.assert_close(f(x), skip_linear_composite(x, w, b, "identity", "relu"))
+
+
+def test_dense_skip_gradient_when_q_requires_grad():
+    x, w, q = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda a, c: skip_linear(a, w, None, c, "tanh"), (x, q))
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def test_empty_batch_and_nan_propagation():
+    w = torch.randn(4, 4, requires_grad=True)
+    y = skip_linear(torch.randn(0, 4), w, None, "identity")
+    assert y.shape == (0, 4)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros(4, 4))
+    x = torch.randn(3, 4)
+    x[1, 2] = float("nan")
+    for b in [s.name for s in skipkern.backends.available() if s.available and "cpu" in s.devices]:
+        if b == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+            continue
+        y = skip_linear(x, w.detach(), None, None, "relu", backend=b)
+        assert torch.isnan(y[1]).all(), f"{b}: NaN must propagate like torch.relu"
+        assert torch.isfinite(y[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("bad, exc, word", [
+    (dict(x=torch.randn(3, 5)), ValueError, "x must have shape"),
+    (dict(w=torch.randn(4)), ValueError, "weight must be 2-D"),
+    (dict(b=torch.randn(3)), ValueError, "bias must have shape"),
+    (dict(x=torch.randn(3, 4, dtype=torch.float64)), TypeError, "dtype"),
+    (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, "floating dtype"),
+    (dict(skip="identity", w=torch.randn(5, 4), b=torch.randn(5)), ValueError, "in_features == out_features"),
+    (dict(skip=torch.randn(4, 3)), ValueError, "skip tensor Q must have shape"),
+    (dict(skip="orthogonal"), ValueError, "skip must be None"),
+    (dict(activation="sigmoid"), ValueError, "activation must be one of"),
+    (dict(b=torch.randn(4, device="meta")), ValueError, "device"),
+])
+def test_bad_input_errors(bad, exc, word):
+    args = dict(x=torch.randn(3, 4), w=torch.randn(4, 4), b=torch.randn(4), skip=None, activation="relu")
+    args.update(bad)
+    with pytest.raises(exc, match=word):
+        skip_linear(args["x"], args["w"], args["b"], args["skip"], args["activation"])
+
+
+def test_backend_resolution(monkeypatch):
+    x, w = torch.randn(2, 3), torch.randn(3, 3)
+    with pytest.raises(ValueError, match="backend must be"):
+        skip_linear(x, w, backend="fortran")
+    with pytest.raises(RuntimeError, match="alternatives"):
+        skip_linear(x, w, backend="cuda")
+    monkeypatch.setenv("SKIPKERN_BACKEND", "torch")
+    skip_linear(x, w)
+    assert skipkern.backends.last_used() == "torch"
+    monkeypatch.setenv("SKIPKERN_BACKEND", "nope")
+    with pytest.raises(ValueError, match="SKIPKERN_BACKEND"):
+        skip_linear(x, w)
+    monkeypatch.delenv("SKIPKERN_BACKEND")
+    skip_linear(x, w)
+    cpp_ok = {b.name: b.available for b in skipkern.backends.available()}["cpp"]
+    assert skipkern.backends.last_used() == ("cpp" if cpp_ok else "torch")
+
+
+def test_available_lists_every_backend_with_reason():
+    st = {b.name: b for b in skipkern.backends.available()}
+    assert set(st) == {"torch", "cpp", "triton", "cuda"}
+    assert st["torch"].available
+    for b in st.values():
+        assert b.available or b.reason
