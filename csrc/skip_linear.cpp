@@ -1,4 +1,364 @@
-// Placeholder: filled in by the C++ kernel work (skip_linear_fwd_cpu / skip_linear_bwd_cpu).
+// skip_linear on the CPU: y = act(x W^T + b) + S(x), fused, C++/OpenMP on raw pointers.
+//
+// Shapes (row-major, contiguous): x [M, K], W [N, K], b [N] or null, Q [N, K] or null (dense skip),
+// y, z [M, N] (z = x W^T + b, the pre-activation saved for backward).
+//
+// Forward: one packed, register-blocked GEMM per layer. W^T (and Q^T) are packed into NR-wide panels
+// once per call (O(NK), shared by the threads); each thread owns a block of rows of x and runs the
+// micro-kernel over its rows x every panel. The epilogue (bias, activation, z and y stores, identity
+// skip add or the second accumulator set of the dense skip x Q^T) is fused into the tile write-back,
+// so y and z are written exactly once and never re-read.
+//
+// Backward (g = grad_y): each thread walks its rows in chunks of MC rows; per chunk it computes
+// gz = g * act'(z) once into an L2-resident scratch (accumulating db), then dx = gz W (+ g, or + g Q as a
+// second reduction segment into the same registers) and its partial dW += gz^T x. Partial dW/db are
+// reduced across threads at the end (no atomics). Not fused: act'(z) is recomputed from z (no bitmask).
+#include <omp.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "skip_gemm.h"
+
 namespace py = pybind11;
-void register_skip_linear(py::module_& m) {}
+
+namespace skipkern {
+
+// Below this many multiply-adds a parallel region costs more than it saves: run on one thread.
+constexpr double kParallelMinMacs = 1 << 18;
+
+inline int threads_for(double macs) {
+  return macs < kParallelMinMacs ? 1 : std::max(1, omp_get_max_threads());
+}
+
+// Rows [begin, end) of thread t out of nt, in whole MR blocks so that only the last block has a tail.
+inline void row_range(long m, int t, int nt, int mr, long* begin, long* end) {
+  const long per = round_up(ceil_div(m, nt), mr);
+  *begin = std::min(m, t * per);
+  *end = std::min(m, *begin + per);
+}
+
+// Copies mr (< MR) rows of a [*, cols] row-major matrix into a zeroed MR-row buffer, so that a tail
+// block runs through the same full-size micro-kernel.
+template <typename T>
+const T* pad_rows(const T* src, long ld, int mr, int MR, long cols, T* buf) {
+  for (int i = 0; i < MR; ++i)
+    for (long p = 0; p < cols; ++p) buf[i * cols + p] = i < mr ? src[i * ld + p] : T(0);
+  return buf;
+}
+
+// ----------------------------------------------------------------------------------------- forward
+template <typename T, int MR, bool DUAL>
+void fwd_impl(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, long M, long K, long N,
+              Skip skip, Act act) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int NV = kNV, NR = kNR<T>;
+  const long np = ceil_div(N, NR);
+  Scratch& ws = thread_scratch();
+  T* wp = ws.get<T>(0, np * K * NR);
+  T* qp = DUAL ? ws.get<T>(1, np * K * NR) : nullptr;
+  const int nt = threads_for(double(M) * N * K * (DUAL ? 2 : 1));
+  T* tails = ws.get<T>(2, static_cast<std::size_t>(nt) * MR * K);
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    for (long j = t; j < np; j += team) {
+      pack_panel_transposed(w, N, K, j, wp + j * K * NR);
+      if (DUAL) pack_panel_transposed(q, N, K, j, qp + j * K * NR);
+    }
+#pragma omp barrier
+    long m_begin, m_end;
+    row_range(M, t, team, MR, &m_begin, &m_end);
+    for (long m0 = m_begin; m0 < m_end; m0 += MR) {
+      const int mr = static_cast<int>(std::min<long>(MR, m_end - m0));
+      const T* a = mr == MR ? x + m0 * K : pad_rows(x + m0 * K, K, mr, MR, K, tails + t * MR * K);
+      for (long j = 0; j < np; ++j) {
+        R c[MR][NV], s[MR][NV];
+        zero_tile<T, MR, NV>(c);
+        if (DUAL) zero_tile<T, MR, NV>(s);
+        micro_kernel<T, MR, NV, false, DUAL>(c, s, a, K, wp + j * K * NR, DUAL ? qp + j * K * NR : nullptr, K);
+        // Fused epilogue: z = acc + b; y = act(z) + S(x).
+        const long n0 = j * NR;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          if (i >= mr) break;
+          const long row = m0 + i;
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) {
+            const int n = lanes_in<T>(n0, v, N);
+            if (n <= 0) break;
+            const long col = n0 + v * V::size;
+            R zz = c[i][v];
+            if (bias) zz = V::add(zz, load_lanes(bias + col, n));
+            store_lanes(z + row * N + col, zz, n);
+            R yy = act_vec<T>(zz, act);
+            if (skip == Skip::kIdentity) yy = V::add(yy, load_lanes(x + row * K + col, n));
+            if (DUAL) yy = V::add(yy, s[i][v]);
+            store_lanes(y + row * N + col, yy, n);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void skip_linear_fwd_cpu(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, long M, long K, long N,
+                         Skip skip, Act act) {
+  if (M <= 0 || N <= 0) return;
+  if (skip == Skip::kDense)
+    fwd_impl<T, kMRDual, true>(x, w, bias, q, y, z, M, K, N, skip, act);
+  else
+    fwd_impl<T, kMR, false>(x, w, bias, nullptr, y, z, M, K, N, skip, act);
+}
+
+// ---------------------------------------------------------------------------------------- backward
+template <typename T, bool DENSE>
+void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* dx, T* dw, T* db, long M,
+              long K, long N, Skip skip, Act act) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  constexpr int MR = kMR, NV = kNV, NR = kNR<T>;
+  const long npk = ceil_div(K, NR);  // panels over K (columns of dx and dW)
+  const long ldg = round_up(N, MR);  // gz chunk row stride, zero padded so dW's col-layout A has full tiles
+  // Chunk rows: gz chunk + packed x chunk ~ 384 KiB (L2), in whole MR blocks.
+  const long mc = std::clamp<long>(round_up((384 << 10) / ((ldg + npk * NR) * long(sizeof(T))), MR) - MR,
+                                   MR, 512);
+  const long ldb = round_up(N, V::size);  // per-thread db partials
+  Scratch& ws = thread_scratch();
+  T* wp = ws.get<T>(0, npk * N * NR);
+  T* qp = DENSE ? ws.get<T>(1, npk * N * NR) : nullptr;
+  const int nt = threads_for(3.0 * M * N * K);
+  const std::size_t per_thread = mc * ldg + npk * mc * NR + MR * N + ldb + (nt > 1 ? N * K : 0);
+  T* thread_bufs = ws.get<T>(2, nt * per_thread);
+  auto buf = [&](int t) { return thread_bufs + t * per_thread; };
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    for (long j = t; j < npk; j += team) {
+      pack_panel(w, N, K, K, j, wp + j * N * NR);
+      if (DENSE) pack_panel(q, N, K, K, j, qp + j * N * NR);
+    }
+    T* gzc = buf(t);                    // [mc, ldg]
+    T* xpk = gzc + mc * ldg;            // [npk, mc, NR]
+    T* tail = xpk + npk * mc * NR;      // [MR, N]
+    T* dbt = tail + MR * N;             // [ldb]
+    T* dwt = t == 0 ? dw : dbt + ldb;   // [N, K]: thread 0 accumulates straight into dW
+    for (long n = 0; n < ldb; ++n) dbt[n] = T(0);
+    long m_begin, m_end;
+    row_range(M, t, team, MR, &m_begin, &m_end);
+#pragma omp barrier
+    for (long c0 = m_begin; c0 < m_end; c0 += mc) {
+      const long rows = std::min(mc, m_end - c0), rows_pad = round_up(rows, MR);
+      // 1) gz = g * act'(z) for the chunk (zero padding rows/cols), db partial.
+      for (long r = 0; r < rows_pad; ++r) {
+        T* g = gzc + r * ldg;
+        if (r >= rows) {
+          for (long n = 0; n < ldg; ++n) g[n] = T(0);
+          continue;
+        }
+        const T* gyr = gy + (c0 + r) * N;
+        const T* zr = zin + (c0 + r) * N;
+        for (long n = 0; n < N; n += V::size) {
+          const int l = static_cast<int>(std::min<long>(V::size, N - n));
+          R gz = load_lanes(gyr + n, l);
+          if (act != Act::kIdentity) gz = V::mul(gz, act_grad_vec<T>(load_lanes(zr + n, l), act));
+          store_lanes(g + n, gz, l);
+          V::store(dbt + n, V::add(V::load(dbt + n), gz));  // lanes past N add zeros into padding
+        }
+        for (long n = N; n < ldg; ++n) g[n] = T(0);
+      }
+      // 2) dx = gz W (+ g | + g Q) for the chunk's rows.
+      for (long mb = 0; mb < rows; mb += MR) {
+        const int mr = static_cast<int>(std::min<long>(MR, rows - mb));
+        const long row0 = c0 + mb;
+        const T* g2 = nullptr;
+        if (DENSE) g2 = mr == MR ? gy + row0 * N : pad_rows(gy + row0 * N, N, mr, MR, N, tail);
+        for (long j = 0; j < npk; ++j) {
+          R c[MR][NV];
+          zero_tile<T, MR, NV>(c);
+          micro_kernel<T, MR, NV, false, false>(c, c, gzc + mb * ldg, ldg, wp + j * N * NR, nullptr, N);
+          if (DENSE) micro_kernel<T, MR, NV, false, false>(c, c, g2, N, qp + j * N * NR, nullptr, N);
+          const long k0 = j * NR;
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) {
+            if (i >= mr) break;
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) {
+              const int n = lanes_in<T>(k0, v, K);
+              if (n <= 0) break;
+              const long col = k0 + v * V::size;
+              R d = c[i][v];
+              if (skip == Skip::kIdentity) d = V::add(d, load_lanes(gy + (row0 + i) * N + col, n));
+              store_lanes(dx + (row0 + i) * K + col, d, n);
+            }
+          }
+        }
+      }
+      // 3) dW (+)= gz^T x over the chunk: A = gz in col layout, B = packed x panels.
+      for (long j = 0; j < npk; ++j) pack_panel(x + c0 * K, rows, K, K, j, xpk + j * rows * NR);
+      const bool first = c0 == m_begin;
+      for (long j = 0; j < npk; ++j) {
+        const long k0 = j * NR;
+        for (long ib = 0; ib < N; ib += MR) {
+          R c[MR][NV];
+          zero_tile<T, MR, NV>(c);
+          micro_kernel<T, MR, NV, true, false>(c, c, gzc + ib, ldg, xpk + j * rows * NR, nullptr, rows);
+          const int nr = static_cast<int>(std::min<long>(MR, N - ib));
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) {
+            if (i >= nr) break;
+            T* out = dwt + (ib + i) * K + k0;
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) {
+              const int n = lanes_in<T>(k0, v, K);
+              if (n <= 0) break;
+              T* o = out + v * V::size;
+              store_lanes(o, first ? c[i][v] : V::add(c[i][v], load_lanes(o, n)), n);
+            }
+          }
+        }
+      }
+    }
+#pragma omp barrier
+    // Reduce the partial dW of threads 1.. (those that had rows) into dW, split by elements.
+    const long total = N * K, per = ceil_div(total, team);
+    const long e0 = std::min(total, t * per), e1 = std::min(total, e0 + per);
+    for (int u = 1; u < team; ++u) {
+      long ub, ue;
+      row_range(M, u, team, MR, &ub, &ue);
+      if (ub >= ue) continue;
+      const T* part = buf(u) + mc * ldg + npk * mc * NR + MR * N + ldb;
+      for (long e = e0; e < e1; ++e) dw[e] += part[e];
+    }
+    if (db && t == 0) {
+      for (long n = 0; n < N; ++n) {
+        T acc = T(0);
+        for (int u = 0; u < team; ++u) acc += (buf(u) + mc * ldg + npk * mc * NR + MR * N)[n];
+        db[n] = acc;
+      }
+    }
+  }
+}
+
+template <typename T>
+void skip_linear_bwd_cpu(const T* gy, const T* x, const T* w, const T* z, const T* q, T* dx, T* dw, T* db, long M,
+                         long K, long N, Skip skip, Act act) {
+  if (K < 0 || N <= 0) return;
+  if (M <= 0) {  // empty batch: no rows contribute
+    for (long e = 0; e < N * K; ++e) dw[e] = T(0);
+    if (db) for (long n = 0; n < N; ++n) db[n] = T(0);
+    return;
+  }
+  if (skip == Skip::kDense)
+    bwd_impl<T, true>(gy, x, w, z, q, dx, dw, db, M, K, N, skip, act);
+  else
+    bwd_impl<T, false>(gy, x, w, z, nullptr, dx, dw, db, M, K, N, skip, act);
+}
+
+template void skip_linear_fwd_cpu<float>(const float*, const float*, const float*, const float*, float*, float*,
+                                         long, long, long, Skip, Act);
+template void skip_linear_fwd_cpu<double>(const double*, const double*, const double*, const double*, double*,
+                                          double*, long, long, long, Skip, Act);
+template void skip_linear_bwd_cpu<float>(const float*, const float*, const float*, const float*, const float*,
+                                         float*, float*, float*, long, long, long, Skip, Act);
+template void skip_linear_bwd_cpu<double>(const double*, const double*, const double*, const double*,
+                                          const double*, double*, double*, double*, long, long, long, Skip, Act);
+
+// ------------------------------------------------------------------------------------------ binding
+Act parse_act(const std::string& s) {
+  if (s == "relu") return Act::kRelu;
+  if (s == "identity") return Act::kIdentity;
+  if (s == "tanh") return Act::kTanh;
+  if (s == "gelu") return Act::kGelu;
+  throw py::value_error("activation must be one of relu, identity, tanh, gelu; got '" + s + "'");
+}
+
+Skip parse_skip(const std::string& s) {
+  if (s == "none") return Skip::kNone;
+  if (s == "identity") return Skip::kIdentity;
+  if (s == "dense") return Skip::kDense;
+  throw py::value_error("skip must be one of none, identity, dense; got '" + s + "'");
+}
+
+template <typename T>
+T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void check_args(long M, long K, long N, Skip skip, std::uintptr_t q) {
+  if (M < 0 || K < 0 || N < 0) throw py::value_error("sizes must be non-negative");
+  if (skip == Skip::kIdentity && K != N)
+    throw py::value_error("skip='identity' needs in_features == out_features, got K=" + std::to_string(K) +
+                          ", N=" + std::to_string(N));
+  if (skip == Skip::kDense && q == 0 && K > 0 && N > 0) throw py::value_error("skip='dense' needs a Q pointer");
+}
+
+}  // namespace skipkern
+
+void register_skip_linear(py::module_& m) {
+  using namespace skipkern;
+  m.def(
+      "skip_linear_fwd_cpu",
+      [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
+         std::uintptr_t y, std::uintptr_t z, long M, long K, long N, const std::string& skip,
+         const std::string& activation) {
+        const Skip sk = parse_skip(skip);
+        const Act ac = parse_act(activation);
+        check_args(M, K, N, sk, q);
+        py::gil_scoped_release nogil;
+        if (dtype == "float32")
+          skip_linear_fwd_cpu<float>(ptr<float>(x), ptr<float>(w), ptr<float>(b), ptr<float>(q), ptr<float>(y),
+                                     ptr<float>(z), M, K, N, sk, ac);
+        else if (dtype == "float64")
+          skip_linear_fwd_cpu<double>(ptr<double>(x), ptr<double>(w), ptr<double>(b), ptr<double>(q),
+                                      ptr<double>(y), ptr<double>(z), M, K, N, sk, ac);
+        else
+          throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
+      },
+      "Fused forward on raw pointers: y = act(x W^T + b) + S(x), z = x W^T + b. x [M,K], W/Q [N,K], b [N] "
+      "(0 = none), y/z [M,N]; all contiguous row-major of one dtype.",
+      py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("q"), py::arg("y"),
+      py::arg("z"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("skip"), py::arg("activation"));
+  m.def(
+      "skip_linear_bwd_cpu",
+      [](const std::string& dtype, std::uintptr_t gy, std::uintptr_t x, std::uintptr_t w, std::uintptr_t z,
+         std::uintptr_t q, std::uintptr_t dx, std::uintptr_t dw, std::uintptr_t db, long M, long K, long N,
+         const std::string& skip, const std::string& activation) {
+        const Skip sk = parse_skip(skip);
+        const Act ac = parse_act(activation);
+        check_args(M, K, N, sk, q);
+        py::gil_scoped_release nogil;
+        if (dtype == "float32")
+          skip_linear_bwd_cpu<float>(ptr<float>(gy), ptr<float>(x), ptr<float>(w), ptr<float>(z), ptr<float>(q),
+                                     ptr<float>(dx), ptr<float>(dw), ptr<float>(db), M, K, N, sk, ac);
+        else if (dtype == "float64")
+          skip_linear_bwd_cpu<double>(ptr<double>(gy), ptr<double>(x), ptr<double>(w), ptr<double>(z),
+                                      ptr<double>(q), ptr<double>(dx), ptr<double>(dw), ptr<double>(db), M, K, N,
+                                      sk, ac);
+        else
+          throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
+      },
+      "Fused backward on raw pointers: gz = g * act'(z); dx = gz W + S^T(g); dW = gz^T x; db = sum_rows gz "
+      "(db = 0 skips it). Shapes as the forward; dx [M,K], dW [N,K], db [N].",
+      py::arg("dtype"), py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("z"), py::arg("q"),
+      py::arg("dx"), py::arg("dw"), py::arg("db"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("skip"),
+      py::arg("activation"));
+  m.def(
+      "cpu_kernel_info",
+      []() {
+        py::dict d;
+        d["isa"] = SKIPKERN_SIMD_ISA;
+        d["max_threads"] = omp_get_max_threads();
+        d["mr"] = kMR;
+        d["mr_dual"] = kMRDual;
+        d["nr_float32"] = kNR<float>;
+        d["nr_float64"] = kNR<double>;
+        d["parallel_min_macs"] = kParallelMinMacs;
+        return d;
+      },
+      "Build facts of the CPU kernels: SIMD ISA, OpenMP threads, register tile sizes.");
+}

@@ -1,1 +1,1 @@
-
+from skipkern.hessian.operator import CurvatureOperator, DenseOperator, HessianOperator

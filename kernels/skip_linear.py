@@ -1,0 +1,448 @@
+# skip_linear in Triton: one fused kernel per layer forward, two fused kernels backward.
+#
+# Shapes: x [B, K], W [N, K], b [N], Q [N, K] (dense skip), grad_y / z / y [B, N]; any B, N, K >= 0
+# (masked tiles), any strides. Kernel dims: M = B (rows), N = out features, K = in features.
+#   forward  _skip_linear_fwd_kernel     grid (B/BM, N/BN): z = x W^T + b, y = act(z) + S(x); the dense skip
+#            is a second accumulator fed by the same x tile in the same K loop (x Q^T); the identity skip
+#            re-reads the [BM, BN] tile of x in the epilogue. Writes y and z (z is saved for backward).
+#   backward _skip_linear_bwd_dx_kernel  grid (B/BM, K/BK): dx = gz W + S^T(g), gz = g * act'(z) formed per
+#            tile from g and z and never written to memory; g Q (dense skip) joins the same N loop.
+#            _skip_linear_bwd_dw_kernel  grid (N/BN * K/BK, SPLIT): dW = gz^T x and db = colsum(gz) from the
+#            same gz tiles; the batch reduction may be split over SPLIT programs into an fp32/fp64
+#            workspace that the launcher sums (deterministic, no atomics).
+# Not fused: gz is recomputed by both backward kernels (z is re-read, no activation bitmask); the split
+# dW/db reduction is a torch .sum; layers are separate launches (no cross-layer fusion).
+# Precision: accumulation in fp32 (fp16/bf16/fp32 inputs) or fp64 (fp64 inputs). fp32 tl.dot is IEEE fp32
+# by default (matches torch's default of no TF32); SKIPKERN_TRITON_TF32=1 allows TF32 on GPU.
+# Configs: the interpreter (CPU tensors, TRITON_INTERPRET=1) uses one small config; on GPU a shape/dtype
+# heuristic picks blocks, and SKIPKERN_TRITON_AUTOTUNE=1 autotunes over a small config list instead.
+"""Triton kernels and launchers for skip_linear (see the block comment above for what is fused)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+log = logging.getLogger("skipkern")
+
+ACTIVATIONS = ("relu", "identity", "tanh", "gelu")
+SKIPS = ("none", "identity", "dense")
+INT32_LIMIT = 2**31 - 1  # kernels index with int32 offsets
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@triton.jit
+def _activation(z, ACTIVATION: tl.constexpr):
+    """act(z) in the accumulator dtype. relu keeps NaN (z < 0 is false for NaN), as torch.relu does."""
+    if ACTIVATION == "relu":
+        a = tl.where(z < 0.0, 0.0, z)
+    elif ACTIVATION == "tanh":
+        # no tanh in tl core and libdevice does not run in the interpreter: the overflow-safe exp form
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        a = tl.where(z < 0.0, -t, t)
+    elif ACTIVATION == "gelu":
+        a = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    else:
+        a = z
+    return a
+
+
+@triton.jit
+def _activation_grad(z, ACTIVATION: tl.constexpr):
+    """act'(z); relu'(0) = 0 as in torch. Multiplied into g (not tl.where) so NaN in g propagates like
+    the reference's g * (z > 0)."""
+    if ACTIVATION == "relu":
+        d = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACTIVATION == "tanh":
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        d = 1.0 - t * t
+    elif ACTIVATION == "gelu":
+        d = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
+    else:
+        d = tl.full(z.shape, 1.0, z.dtype)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _skip_linear_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, q_ptr, y_ptr, z_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_qn, stride_qk,
+    stride_ym, stride_yn, stride_zm, stride_zn,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    offs_k = tl.arange(0, BLOCK_SIZE_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
+    if SKIP == "dense":
+        acc_skip = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
+    for k0 in range(0, K, BLOCK_SIZE_K):
+        kk = k0 + offs_k
+        mask_k = kk < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        # W^T tile [BK, BN] read straight from W [N, K] through its strides
+        wt = tl.load(w_ptr + kk[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
+        if SKIP == "dense":
+            qt = tl.load(q_ptr + kk[:, None] * stride_qk + offs_n[None, :] * stride_qn,
+                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION)
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+        acc = acc + b.to(acc_dtype)[None, :]
+    y = _activation(acc, ACTIVATION)
+    if SKIP == "identity":  # N == K: S(x) is the [BM, BN] tile of x itself
+        xs = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xk, mask=mask_mn, other=0.0)
+        y = y + xs.to(acc_dtype)
+    elif SKIP == "dense":
+        y = y + acc_skip
+    tl.store(z_ptr + offs_m[:, None] * stride_zm + offs_n[None, :] * stride_zn,
+             acc.to(z_ptr.dtype.element_ty), mask=mask_mn)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=mask_mn)
+
+
+@triton.jit
+def _skip_linear_bwd_dx_kernel(
+    g_ptr, z_ptr, w_ptr, q_ptr, dx_ptr,
+    M, N, K,
+    stride_gm, stride_gn, stride_zm, stride_zn, stride_wn, stride_wk, stride_qn, stride_qk,
+    stride_dxm, stride_dxk,
+    ACTIVATION: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    acc_dtype = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
+    offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    offs_k = pid_k * BLOCK_SIZE_K + tl.arange(0, BLOCK_SIZE_K)
+    offs_n = tl.arange(0, BLOCK_SIZE_N)
+    mask_m = offs_m < M
+    mask_k = offs_k < K
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_K), dtype=acc_dtype)
+    for n0 in range(0, N, BLOCK_SIZE_N):
+        nn = n0 + offs_n
+        mask_n = nn < N
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        g = tl.load(g_ptr + offs_m[:, None] * stride_gm + nn[None, :] * stride_gn, mask=mask_mn, other=0.0)
+        w = tl.load(w_ptr + nn[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        if ACTIVATION == "identity":
+            gz = g
+        else:
+            z = tl.load(z_ptr + offs_m[:, None] * stride_zm + nn[None, :] * stride_zn, mask=mask_mn, other=0.0)
+            gz = (g.to(acc_dtype) * _activation_grad(z.to(acc_dtype), ACTIVATION)).to(w.dtype)
+        acc = tl.dot(gz, w, acc, input_precision=DOT_PRECISION)
+        if SKIP == "dense":
+            qv = tl.load(q_ptr + nn[:, None] * stride_qn + offs_k[None, :] * stride_qk,
+                         mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            acc = tl.dot(g, qv, acc, input_precision=DOT_PRECISION)
+    mask_mk = mask_m[:, None] & mask_k[None, :]
+    if SKIP == "identity":  # N == K: S^T(g) is the [BM, BK] tile of g
+        gs = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_k[None, :] * stride_gn, mask=mask_mk, other=0.0)
+        acc = acc + gs.to(acc_dtype)
+    tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+             acc.to(dx_ptr.dtype.element_ty), mask=mask_mk)
+
+
+@triton.jit
+def _skip_linear_bwd_dw_kernel(
+    g_ptr, z_ptr, x_ptr, dw_ptr, db_ptr,
+    M, N, K, SPLIT,
+    stride_gm, stride_gn, stride_zm, stride_zn, stride_xm, stride_xk,
+    stride_dws, stride_dwn, stride_dwk, stride_dbs,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    num_pid_k = tl.maximum(tl.cdiv(K, BLOCK_SIZE_K), 1)  # K == 0 still has one (fully masked) column for db
+    pid_n = pid // num_pid_k
+    pid_k = pid % num_pid_k
+    acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    offs_k = pid_k * BLOCK_SIZE_K + tl.arange(0, BLOCK_SIZE_K)
+    offs_m = tl.arange(0, BLOCK_SIZE_M)
+    mask_n = offs_n < N
+    mask_k = offs_k < K
+    # this program's slice of the batch: whole blocks, so the split does not depend on BM elsewhere
+    rows = tl.cdiv(tl.cdiv(M, SPLIT), BLOCK_SIZE_M) * BLOCK_SIZE_M
+    m_start = pid_s * rows
+    acc = tl.zeros((BLOCK_SIZE_N, BLOCK_SIZE_K), dtype=acc_dtype)
+    db = tl.zeros((BLOCK_SIZE_N,), dtype=acc_dtype)
+    for m0 in range(0, rows, BLOCK_SIZE_M):
+        mm = m_start + m0 + offs_m
+        mask_m = mm < M
+        # gz^T tile [BN, BM] loaded transposed through the strides, so no tl.trans is needed
+        mask_nm = mask_n[:, None] & mask_m[None, :]
+        g = tl.load(g_ptr + offs_n[:, None] * stride_gn + mm[None, :] * stride_gm, mask=mask_nm, other=0.0)
+        if ACTIVATION == "identity":
+            gz = g.to(acc_dtype)
+        else:
+            z = tl.load(z_ptr + offs_n[:, None] * stride_zn + mm[None, :] * stride_zm, mask=mask_nm, other=0.0)
+            gz = g.to(acc_dtype) * _activation_grad(z.to(acc_dtype), ACTIVATION)
+        x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        acc = tl.dot(gz.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        if HAS_BIAS:
+            db += tl.sum(gz, axis=1)
+    tl.store(dw_ptr + pid_s * stride_dws + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
+             acc.to(dw_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_k[None, :])
+    if HAS_BIAS:
+        if pid_k == 0:  # every K tile computes the same db; the first one writes it
+            tl.store(db_ptr + pid_s * stride_dbs + offs_n, db.to(db_ptr.dtype.element_ty), mask=mask_n)
+
+
+# ------------------------------------------------------------------------------------------ configs
+INTERPRET = type(_skip_linear_fwd_kernel).__name__ == "InterpretedFunction"  # fixed when this module loads
+_INTERPRET_TILE = (64, 64, 64)  # (rows, cols, reduction): one config; 64 measured fastest in the interpreter
+# (tile rows, tile cols, reduction block, num_warps, num_stages) tried by SKIPKERN_TRITON_AUTOTUNE=1
+_TUNE = [(16, 32, 32, 2, 3), (32, 32, 32, 4, 3), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
+         (64, 128, 32, 4, 3), (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
+_TUNE_FP64 = [(16, 32, 16, 2, 2), (32, 32, 16, 4, 2), (32, 64, 16, 4, 2), (64, 64, 16, 4, 2)]
+# names of (tile rows, tile cols, reduction) per kernel
+_DIMS = {"fwd": ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"),
+         "dx": ("BLOCK_SIZE_M", "BLOCK_SIZE_K", "BLOCK_SIZE_N"),
+         "dw": ("BLOCK_SIZE_N", "BLOCK_SIZE_K", "BLOCK_SIZE_M")}
+_KERNELS = {"fwd": _skip_linear_fwd_kernel, "dx": _skip_linear_bwd_dx_kernel, "dw": _skip_linear_bwd_dw_kernel}
+_tuned: dict = {}
+_logged: set = set()
+_sms: dict = {}
+
+
+def _log_once(key: tuple, msg: str, *args) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        log.info(msg, *args)
+
+
+def _num_sms(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _sms:
+        _sms[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _sms[idx]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input_precision: "ieee" unless fp32 on GPU with SKIPKERN_TRITON_TF32=1 ("tf32")."""
+    if dtype == torch.float32 and not INTERPRET and os.environ.get("SKIPKERN_TRITON_TF32", "") == "1":
+        return "tf32"
+    return "ieee"
+
+
+def _heuristic(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """GPU tile for an output of [rows, cols]: 64x64 (32x32 for fp64), halved while it gives fewer
+    programs than SMs, since these layers are small and latency-bound."""
+    if dtype == torch.float64:
+        tr, tc, red, warps, stages = 32, 32, 16, 4, 2
+    else:
+        tr, tc, red, warps, stages = 64, 64, (64 if dtype in (torch.float16, torch.bfloat16) else 32), 4, 3
+    sms = _num_sms(device)
+    while triton.cdiv(rows, tr) * triton.cdiv(cols, tc) < sms and max(tr, tc) > 16:
+        if tr >= tc:
+            tr //= 2
+        else:
+            tc //= 2
+    return tr, tc, red, warps, stages
+
+
+def _launch(kind: str, grid_dims: tuple, args: tuple, consts: dict, dtype: torch.dtype,
+            device: torch.device, blocks: Optional[tuple] = None) -> None:
+    """Launch kernel ``kind`` over an output tile grid of ``grid_dims`` = (rows, cols[, splits]).
+
+    blocks: (tile rows, tile cols, reduction) forcing one config (tests); otherwise interpreter config,
+    GPU heuristic, or autotuning with SKIPKERN_TRITON_AUTOTUNE=1.
+    """
+    names = _DIMS[kind]
+    rows, cols = grid_dims[0], grid_dims[1]
+
+    def grid(meta):
+        nr, nc = triton.cdiv(rows, meta[names[0]]), triton.cdiv(cols, meta[names[1]])
+        return (nr * nc, grid_dims[2]) if kind == "dw" else (nr, nc)
+
+    autotune = blocks is None and not INTERPRET and os.environ.get("SKIPKERN_TRITON_AUTOTUNE", "") == "1"
+    if autotune:
+        fp64 = dtype == torch.float64
+        if (kind, fp64) not in _tuned:
+            configs = [triton.Config(dict(zip(names, c[:3])), num_warps=c[3], num_stages=c[4])
+                       for c in (_TUNE_FP64 if fp64 else _TUNE)]
+            _tuned[kind, fp64] = triton.autotune(configs=configs, key=["M", "N", "K"])(_KERNELS[kind])
+        _log_once((kind, "tune", dtype), "triton skip_linear %s: autotuning (%s)", kind, dtype)
+        _tuned[kind, fp64][grid](*args, **consts)
+        return
+    if blocks is not None:
+        tile, warps, stages, how = tuple(blocks), 4, 2, "forced"
+    elif INTERPRET:
+        tile, warps, stages, how = _INTERPRET_TILE, 4, 1, "interpreter"
+    else:
+        *tile, warps, stages = _heuristic(rows, cols, dtype, device)
+        how = "heuristic"
+    meta = dict(zip(names, tile))
+    _log_once((kind, how, dtype, tuple(tile)), "triton skip_linear %s: %s config %s, %s", kind, how, meta, dtype)
+    _KERNELS[kind][grid(meta)](*args, **consts, **meta, num_warps=warps, num_stages=stages)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+
+
+def _check(tensors: dict, skip: str, activation: str) -> torch.dtype:
+    """Validate names/shapes/dtypes/devices of the launcher inputs; returns the common dtype."""
+    if skip not in SKIPS:
+        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    x = tensors["x"]
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; all inputs must share one dtype")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device")
+        if _max_offset(t) > INT32_LIMIT:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} spans more than 2**31 elements; the Triton "
+                             f"kernels index with int32 (use backend='torch' or 'cuda')")
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16 for the Triton kernels, got {x.dtype}")
+    if INTERPRET and x.dtype == torch.bfloat16:
+        raise TypeError("x is bfloat16, but bf16 tl.dot is wrong in the Triton interpreter; use a GPU or float32")
+    if x.device.type == "cpu" and not INTERPRET:
+        raise ValueError("x is a CPU tensor but TRITON_INTERPRET was not 1 when skipkern.kernels.skip_linear was "
+                         "imported; CPU tensors only run through the Triton interpreter")
+    weight = tensors["weight"]
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x must be [B, K] and weight [N, K] with the same K, got x {tuple(x.shape)} and "
+                         f"weight {tuple(weight.shape)}")
+    n, k = weight.shape
+    if skip == "identity" and n != k:
+        raise ValueError(f"skip='identity' needs N == K, got weight of shape {tuple(weight.shape)}")
+    expect = {"bias": (n,), "q": (n, k), "grad_y": (x.shape[0], n), "z": (x.shape[0], n)}
+    for name, shape in expect.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensors[name].shape)}")
+    if (skip == "dense") != ("q" in tensors):
+        raise ValueError(f"q must be given exactly when skip == 'dense' (skip={skip!r}, q given: {'q' in tensors})")
+    m = x.shape[0]
+    if max(m * n, m * k, n * k) > INT32_LIMIT:
+        raise ValueError(f"B={m}, N={n}, K={k} gives an output beyond 2**31 elements; the Triton kernels index "
+                         f"with int32 (use backend='torch' or 'cuda')")
+    return x.dtype
+
+
+def _opt(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
+                    skip: str, activation: str, blocks: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused forward: z = x W^T + b, y = act(z) + S(x).
+
+    Args:
+        x: [B, K]; weight: [N, K]; bias: [N] or None; q: [N, K] when skip == "dense", else None.
+            Any strides; float32/float64 (float16/bfloat16 on GPU; float16 also in the interpreter).
+        skip: "none", "identity" (N == K) or "dense". activation: "relu", "identity", "tanh", "gelu".
+        blocks: (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K) forcing one config (each >= 16; for tests).
+
+    Returns:
+        (y [B, N], z [B, N]), contiguous, dtype of x. fp32 dots are IEEE unless SKIPKERN_TRITON_TF32=1.
+    """
+    dtype = _check(_opt(x=x, weight=weight, bias=bias, q=q), skip, activation)
+    (m, k), n = x.shape, weight.shape[0]
+    y = torch.empty((m, n), dtype=dtype, device=x.device)
+    z = torch.empty((m, n), dtype=dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y, z
+    qq = q if q is not None else weight  # unused pointer when SKIP != "dense" (pruned at compile time)
+    bb = bias if bias is not None else weight
+    args = (x, weight, bb, qq, y, z, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            qq.stride(0), qq.stride(1), y.stride(0), y.stride(1), z.stride(0), z.stride(1))
+    consts = dict(ACTIVATION=activation, HAS_BIAS=bias is not None, SKIP=skip, DOT_PRECISION=dot_precision(dtype))
+    _launch("fwd", (m, n), args, consts, dtype, x.device, blocks)
+    return y, z
+
+
+def _dw_split(m: int, tiles: int, device: torch.device) -> int:
+    """Batch splits for dW/db: enough programs to fill the GPU, at least 128 rows each; 1 in the interpreter."""
+    if INTERPRET:
+        return 1
+    target = 2 * _num_sms(device)
+    return max(1, min(target // max(tiles, 1), m // 128, 64))
+
+
+def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+                    q: Optional[torch.Tensor], skip: str, activation: str, has_bias: bool,
+                    blocks: Optional[tuple] = None, split: Optional[int] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Fused backward with gz = grad_y * act'(z): dx = gz W + S^T(grad_y), dW = gz^T x, db = colsum(gz).
+
+    Args:
+        grad_y: [B, N]; x: [B, K]; weight: [N, K]; z: [B, N] (the forward's pre-activation);
+            q: [N, K] when skip == "dense", else None. Any strides, one dtype (as in skip_linear_fwd).
+        skip, activation: as in skip_linear_fwd. has_bias: whether to return db.
+        blocks: (tile rows, tile cols, reduction block) forcing one config for both kernels (tests).
+        split: number of batch slices for the dW/db reduction (default: 1 in the interpreter, else enough
+            programs for the GPU); slices > 1 go through an fp32/fp64 workspace summed by torch.
+
+    Returns:
+        (dx [B, K], dW [N, K], db [N] or None), contiguous, dtype of x.
+    """
+    dtype = _check(_opt(x=x, weight=weight, q=q, grad_y=grad_y, z=z), skip, activation)
+    (m, k), n = x.shape, weight.shape[0]
+    dev = x.device
+    dx = torch.empty((m, k), dtype=dtype, device=dev)
+    qq = q if q is not None else weight
+    prec = dot_precision(dtype)
+    if m > 0 and k > 0:
+        if n == 0:
+            dx.zero_()
+        else:
+            args = (grad_y, z, weight, qq, dx, m, n, k, grad_y.stride(0), grad_y.stride(1), z.stride(0), z.stride(1),
+                    weight.stride(0), weight.stride(1), qq.stride(0), qq.stride(1), dx.stride(0), dx.stride(1))
+            _launch("dx", (m, k), args, dict(ACTIVATION=activation, SKIP=skip, DOT_PRECISION=prec), dtype, dev, blocks)
+    dw = torch.empty((n, k), dtype=dtype, device=dev)
+    db = torch.empty((n,), dtype=dtype, device=dev) if has_bias else None
+    if n == 0 or (k == 0 and not has_bias):
+        return dx, dw, db
+    if split is None:
+        split = _dw_split(m, triton.cdiv(n, 64) * triton.cdiv(max(k, 1), 64), dev)
+    if not isinstance(split, int) or split < 1:
+        raise ValueError(f"split must be a positive int, got {split!r}")
+    kk = max(k, 1)  # k == 0 with a bias: the grid keeps one column of fully masked tiles to compute db
+    if split == 1:
+        dw_out, db_out = dw, (db if has_bias else dw)
+    else:
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        if split * n * k > INT32_LIMIT:
+            raise ValueError(f"split={split} makes a dW workspace beyond 2**31 elements; use a smaller split")
+        dw_out = torch.empty((split, n, k), dtype=acc, device=dev)
+        db_out = torch.empty((split, n), dtype=acc, device=dev)
+    s_dw = dw_out.stride(0) if split > 1 else 0
+    s_db = db_out.stride(0) if split > 1 else 0
+    args = (grad_y, z, x, dw_out, db_out, m, n, k, split, grad_y.stride(0), grad_y.stride(1), z.stride(0),
+            z.stride(1), x.stride(0), x.stride(1), s_dw, dw_out.stride(-2), dw_out.stride(-1), s_db)
+    _launch("dw", (n, kk, split), args, dict(ACTIVATION=activation, HAS_BIAS=has_bias, DOT_PRECISION=prec),
+            dtype, dev, blocks)
+    if split > 1:
+        dw.copy_(dw_out.sum(0))
+        if has_bias:
+            db.copy_(db_out.sum(0))
+    return dx, dw, db

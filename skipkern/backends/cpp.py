@@ -1,0 +1,133 @@
+"""The "cpp" backend: C++/OpenMP CPU kernels of skipkern._C (csrc/skip_linear.cpp).
+
+Launchers check, allocate with torch and pass raw data pointers; the C++ never sees a torch tensor.
+float32 and float64 on CPU tensors; the threads are OpenMP's (torch.set_num_threads sets both pools,
+they share one libgomp).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from skipkern.reference import ACTIVATIONS, SKIPS
+
+try:
+    from skipkern import _C
+    _IMPORT_ERROR = ""
+except Exception as exc:  # a missing or broken build must be reported, not raised at import
+    _C = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu")
+
+
+def available() -> tuple[bool, str]:
+    """Whether skipkern._C imports and exports the CPU kernels."""
+    if _C is None:
+        return False, f"skipkern._C failed to import ({_IMPORT_ERROR}); rebuild with pip install -e ."
+    missing = [k for k in _KERNELS if not hasattr(_C, k)]
+    if missing:
+        return False, f"skipkern._C lacks {missing} (stale build?); rebuild with pip install -e ."
+    info = _C.cpu_kernel_info()
+    return True, f"C++ {info['isa']}, {info['max_threads']} OpenMP threads"
+
+
+def kernel_info() -> dict:
+    """Build facts of the CPU kernels (SIMD ISA, threads, tile sizes); empty when unavailable."""
+    return dict(_C.cpu_kernel_info()) if _C is not None and hasattr(_C, "cpu_kernel_info") else {}
+
+
+def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
+    """skip_linear on CPU tensors of float32/float64, any sizes."""
+    if op != "skip_linear":
+        return False, f"cpp backend has no op {op!r}"
+    if device_type != "cpu":
+        return False, f"cpp backend runs on cpu tensors, not {device_type}"
+    if dtype not in _DTYPES:
+        return False, f"cpp backend supports float32 and float64, not {dtype}"
+    return True, ""
+
+
+def _check(name: str, t: Optional[Tensor], shape: tuple, dtype: torch.dtype) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be a cpu tensor for the cpp backend, got device {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (row-major) for the cpp backend; pass {name}.contiguous()")
+
+
+def _check_common(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: str, activation: str) -> tuple:
+    if _C is None:
+        raise RuntimeError(f"cpp backend unavailable: {available()[1]}")
+    if skip not in SKIPS:
+        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x must be float32 or float64 for the cpp backend, got {x.dtype}")
+    if x.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"x [B, K] and weight [N, K] must be 2-D, got {list(x.shape)} and {list(weight.shape)}")
+    (b, k), n = x.shape, weight.shape[0]
+    if skip == "identity" and n != k:
+        raise ValueError(f"skip='identity' needs in_features == out_features, got weight {list(weight.shape)}")
+    if (skip == "dense") != (q is not None):
+        raise ValueError(f"q must be given exactly when skip == 'dense' (skip={skip!r}, q is "
+                         f"{'None' if q is None else 'a tensor'})")
+    return b, k, n
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: str,
+                    activation: str) -> tuple[Tensor, Tensor]:
+    """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (skip "dense") or None.
+
+    Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
+    """
+    b, k, n = _check_common(x, weight, q, skip, activation)
+    _check("x", x, (b, k), x.dtype)
+    _check("weight", weight, (n, k), x.dtype)
+    _check("bias", bias, (n,), x.dtype)
+    _check("q", q, (n, k), x.dtype)
+    y = torch.empty(b, n, dtype=x.dtype)
+    z = torch.empty(b, n, dtype=x.dtype)
+    if b == 0 or n == 0:
+        return y, z
+    _C.skip_linear_fwd_cpu(_DTYPES[x.dtype], x.data_ptr(), weight.data_ptr(), _ptr(bias), _ptr(q),
+                           y.data_ptr(), z.data_ptr(), b, k, n, skip, activation)
+    return y, z
+
+
+def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: str,
+                    activation: str, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K].
+
+    Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
+    """
+    b, k, n = _check_common(x, weight, q, skip, activation)
+    for name, t, shape in (("grad_y", grad_y, (b, n)), ("x", x, (b, k)), ("weight", weight, (n, k)),
+                           ("z", z, (b, n)), ("q", q, (n, k))):
+        _check(name, t, shape, x.dtype)
+    dx = torch.empty(b, k, dtype=x.dtype)
+    dw = torch.empty(n, k, dtype=x.dtype)
+    db = torch.empty(n, dtype=x.dtype) if has_bias else None
+    if n == 0 or b == 0:  # nothing flows back (k == 0 still has a db, computed by the kernel)
+        dx.zero_(), dw.zero_()
+        if db is not None:
+            db.zero_()
+        return dx, dw, db
+    _C.skip_linear_bwd_cpu(_DTYPES[x.dtype], grad_y.data_ptr(), x.data_ptr(), weight.data_ptr(), z.data_ptr(),
+                           _ptr(q), dx.data_ptr(), dw.data_ptr(), _ptr(db), b, k, n, skip, activation)
+    return dx, dw, db

@@ -1,0 +1,73 @@
+"""The "triton" backend: Triton kernels from ``skipkern.kernels.skip_linear``.
+
+Runs CUDA tensors on the GPU, or CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1``
+was set before the kernels were imported (tests, CI; slow). float32/float64 everywhere; float16/bfloat16
+on the GPU only. fp32 dots are IEEE fp32 unless ``SKIPKERN_TRITON_TF32=1``; ``SKIPKERN_TRITON_AUTOTUNE=1``
+autotunes the GPU tile sizes instead of the built-in heuristic.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+try:  # a missing or broken triton must show up as a reason, not as an import error of the registry
+    import triton as _triton
+
+    from skipkern.kernels import skip_linear as _k
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # noqa: BLE001 - any failure (ImportError, driver probing) means "unavailable"
+    _k = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+_FLOATS = (torch.float32, torch.float64)
+_HALVES = (torch.float16, torch.bfloat16)
+
+
+def available() -> tuple[bool, str]:
+    """(True, how it runs) when triton imports and either a CUDA device exists or the interpreter is on."""
+    if _k is None:
+        return False, f"triton not importable ({_IMPORT_ERROR})"
+    if _k.INTERPRET:
+        return True, f"triton {_triton.__version__} interpreter (TRITON_INTERPRET=1): CPU tensors, slow"
+    if torch.cuda.is_available():
+        return True, f"triton {_triton.__version__} on CUDA"
+    return False, ("no CUDA device, and TRITON_INTERPRET was not 1 when skipkern.kernels.skip_linear was "
+                   "imported (set it before importing skipkern to run Triton on CPU tensors)")
+
+
+def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
+    """Whether the Triton kernels run ``op`` for this device type, dtype and shapes ((B, K), (N, K))."""
+    if op != "skip_linear":
+        return False, f"the triton backend implements only skip_linear, not {op!r}"
+    ok, reason = available()
+    if not ok:
+        return False, reason
+    if device_type == "cpu" and not _k.INTERPRET:
+        return False, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before import)"
+    if device_type == "cuda" and _k.INTERPRET:
+        return False, "Triton is in interpreter mode (TRITON_INTERPRET=1): it would run GPU tensors on the host"
+    if device_type not in ("cpu", "cuda"):
+        return False, f"device type {device_type!r} is not supported (cuda, or cpu through the interpreter)"
+    if dtype in _HALVES and device_type != "cuda":
+        return False, f"{dtype} runs only on CUDA (bf16 tl.dot is wrong in the interpreter); use float32"
+    if dtype not in _FLOATS + _HALVES:
+        return False, f"dtype {dtype} is not supported (float32, float64; float16, bfloat16 on CUDA)"
+    if len(shapes) == 2:
+        (b, k), (n, _) = shapes
+        if max(b * n, b * k, n * k) > _k.INT32_LIMIT:
+            return False, f"B={b}, N={n}, K={k} exceeds the int32 indexing of the Triton kernels (2**31 elements)"
+    return True, ""
+
+
+def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
+                    skip: str, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [B, N], z [B, N]) from x [B, K], weight [N, K], bias [N]?, q [N, K]? (see kernels.skip_linear)."""
+    return _k.skip_linear_fwd(x, weight, bias, q, skip, activation)
+
+
+def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+                    q: Optional[torch.Tensor], skip: str, activation: str, has_bias: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(dx [B, K], dW [N, K], db [N] or None) (see kernels.skip_linear.skip_linear_bwd)."""
+    return _k.skip_linear_bwd(grad_y, x, weight, z, q, skip, activation, has_bias)

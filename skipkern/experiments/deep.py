@@ -1,0 +1,132 @@
+"""Helpers of the deep-net experiments: run conditions x seeds with one progress bar, tabulate runs,
+extract curves, draw the accuracy figure, write the standard files."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from skipkern.experiments.common import Context, stats, write_csv, write_json
+from skipkern.experiments.runs import RunSpec, final_metric, series, train_run
+from skipkern.plotting import band_plot, bar_plot, new_figure, save_figure
+
+__all__ = ["run_conditions", "run_rows", "curves", "accuracy_figure", "spectrum_values", "seeds_of",
+           "write_outputs", "final_values", "LOG10_COND_CAP"]
+
+# Condition numbers above this (or inf) count as numerically singular in float32 (1/eps ~ 8e6).
+LOG10_COND_CAP = 8.0
+
+
+def seeds_of(ctx: Context, cfg: dict) -> list:
+    return [int(s) for s in (ctx.seeds if ctx.seeds is not None else cfg["seeds"])]
+
+
+def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec]]) -> dict:
+    """Train every spec (conditions x seeds) with one tqdm bar counting epochs; cached runs are
+    counted at once. Returns {condition: [record per seed]}."""
+    total = sum(s.epochs for ss in specs.values() for s in ss)
+    out: dict = {c: [] for c in specs}
+    with tqdm(total=total, desc=name, unit="epoch", disable=not ctx.progress, dynamic_ncols=True) as bar:
+        for cond, ss in specs.items():
+            for spec in ss:
+                bar.set_postfix_str(f"{cond} seed {spec.seed}")
+                done = [0]
+
+                def on_epoch(rec: dict, done=done) -> None:
+                    if rec.get("epoch", 0) > 0:
+                        done[0] += 1
+                        bar.update(1)
+
+                rec = train_run(spec, ctx, on_epoch)
+                bar.update(max(spec.epochs - done[0], 0))
+                out[cond].append(rec)
+    return out
+
+
+def final_values(records: Mapping[str, list], key: str = "train_acc") -> dict:
+    """{condition: [final value per seed]}."""
+    return {c: [final_metric(r, key) for r in recs] for c, recs in records.items()}
+
+
+def spectrum_values(rec: dict, key: str = "fraction_degenerate", epochs: Optional[Sequence[int]] = None) -> float:
+    """Mean of a spectrum fraction over the run's spectrum checkpoints (or the given epochs); NaN if
+    the run has none."""
+    xs, ys = series(rec, f"spectrum.{key}")
+    if epochs is not None:
+        keep = np.isin(xs, list(epochs))
+        ys = ys[keep]
+    return float(np.mean(ys)) if ys.size else math.nan
+
+
+def curves(records: Mapping[str, list], key: str) -> tuple[np.ndarray, dict]:
+    """Common epochs and {condition: [n_seeds, T]} of a per-epoch scalar (NaN-padded)."""
+    grid: set = set()
+    per = {}
+    for c, recs in records.items():
+        per[c] = [series(r, key) for r in recs]
+        for xs, _ in per[c]:
+            grid.update(xs.tolist())
+    epochs = np.asarray(sorted(grid))
+    out = {}
+    for c, lst in per.items():
+        arr = np.full((len(lst), epochs.size), np.nan)
+        for i, (xs, ys) in enumerate(lst):
+            arr[i, np.searchsorted(epochs, xs)] = ys
+        out[c] = arr
+    return epochs, out
+
+
+def run_rows(records: Mapping[str, list], extra: Optional[Callable[[str, dict], dict]] = None) -> list:
+    """One CSV row per run with its final metrics, spectrum means, time and folder."""
+    rows = []
+    for c, recs in records.items():
+        for r in recs:
+            ident = r["identity"]
+            row = {"condition": c, "seed": ident["seed"], "arch": ident["arch"], "depth": ident["depth"],
+                   "width": ident["width"], "epochs": ident["epochs"]}
+            for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
+                row[f"final_{k}"] = final_metric(r, k)
+            row["mean_fraction_degenerate"] = spectrum_values(r, "fraction_degenerate")
+            row["mean_fraction_negative"] = spectrum_values(r, "fraction_negative")
+            if extra is not None:
+                row.update(extra(c, r))
+            row.update(elapsed_s=r.get("elapsed_s"), cached=r.get("cached", False), folder=r.get("folder"))
+            rows.append(row)
+    return rows
+
+
+def accuracy_figure(out, stem: str, records: Mapping[str, list], title: str) -> str:
+    """Training accuracy over epochs (mean ± std band) and final training accuracy per seed."""
+    fig, axes = new_figure(2, 1, width=5.2)
+    epochs, acc = curves(records, "train_acc")
+    band_plot(axes[0], epochs, acc, xlabel="epoch", ylabel="training accuracy", title=title)
+    bar_plot(axes[1], final_values(records), ylabel="final training accuracy",
+             title="final training accuracy (bar: mean, error: std, dots: seeds)")
+    save_figure(fig, out, stem)
+    return stem
+
+
+def write_outputs(ctx: Context, name: str, cfg: dict, seeds: list, records: Mapping[str, list], findings: list,
+                  figures: list, summary: dict, t0: float, rows: Optional[list] = None, extra: Optional[dict] = None) -> dict:
+    """results.json and <name>.csv of a deep experiment; returns the result dict."""
+    out = ctx.exp_dir(name)
+    rows = run_rows(records) if rows is None else rows
+    write_csv(out / f"{name}.csv", rows)
+    result = {"experiment": name, "config": cfg, "seeds": seeds, "context": ctx.describe(), "summary": summary,
+              "runs": rows, "findings": [f.to_dict() for f in findings], "figures": figures,
+              "elapsed_s": time.perf_counter() - t0,
+              "train_time_s": float(sum(r.get("elapsed_s") or 0.0 for recs in records.values() for r in recs
+                                        if not r.get("cached")))}
+    if extra:
+        result.update(extra)
+    write_json(out / "results.json", result)
+    return result
+
+
+def acc_summary(records: Mapping[str, list]) -> dict:
+    """{condition: {final_train_acc: stats, final_test_acc: stats}}."""
+    return {c: {"final_train_acc": stats(final_values({c: recs})[c]),
+                "final_test_acc": stats(final_values({c: recs}, "test_acc")[c])} for c, recs in records.items()}

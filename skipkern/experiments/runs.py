@@ -1,0 +1,197 @@
+"""Training runs shared by the deep-net experiments, cached on disk.
+
+A run is fully described by a ``RunSpec`` (architecture, sizes, seed, regulariser, training budget,
+measurements) plus the context's data set. Its folder ``<out>/runs/<label>-<hash>/`` holds train.py's
+files (checkpoint.pt, metrics.jsonl/csv, spectra/) and ``record.json``, the compact summary the
+experiments read. Experiments that ask for the same spec share one run: ``repro all`` trains the
+plain and residual nets once for ``architectures``, ``skips``, ``malicious`` and ``seeds``, and a
+re-run of an interrupted ``repro`` resumes unfinished runs and skips finished ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from skipkern.experiments.common import Context, read_json, write_json
+
+log = logging.getLogger("skipkern")
+
+__all__ = ["RunSpec", "train_run", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a SkipMLP.
+
+    Attributes:
+        arch: SkipMLP arch ("plain", "residual", "orthogonal", "degenerate", "hyper_residual").
+        depth, width: hidden layers and units. seed: model weights, fixed skips, batch order.
+        epochs, lr, batch_size: Adam training budget (paper: lr 5e-4, batch 500).
+        n_train, n_test, data_seed: data set sizes (None: the loader's default) and generator seed.
+        degenerate_fraction, hyper_reduce, hyper_skip, batchnorm_layers: SkipMLP options.
+        malicious: apply ``malicious_init_`` (W <- W - I on square layers) before training.
+        regularizer: None or {"kind": "biasreg", "mu", "sigma", "lam"} (BiasL2Reg: mu = sigma = 0).
+        diagnostics_every: run the singularity diagnostics every this many epochs (and at epoch 0).
+        spectrum_at, spectrum_probes, spectrum_steps, spectrum_samples, degenerate_eps: Hessian spectra
+            (see ``skipkern.train.TrainConfig``).
+        label: a readable name for the folder (not part of the identity).
+    """
+
+    arch: str
+    depth: int
+    width: int
+    seed: int
+    epochs: int
+    lr: float = 5e-4
+    batch_size: int = 500
+    n_train: Optional[int] = None
+    n_test: Optional[int] = None
+    data_seed: int = 0
+    degenerate_fraction: float = 0.5
+    hyper_reduce: str = "mean"
+    hyper_skip: str = "orthogonal"
+    batchnorm_layers: tuple = ()
+    malicious: bool = False
+    regularizer: Optional[tuple] = None
+    diagnostics_every: int = 0
+    diag_batch: int = 500
+    spectrum_at: tuple = ()
+    spectrum_probes: int = 4
+    spectrum_steps: int = 40
+    spectrum_samples: int = 500
+    degenerate_eps: float = 1e-3
+    label: str = field(default="", compare=False)
+
+    def identity(self, ctx: Context) -> dict:
+        d = asdict(self)
+        d.pop("label")
+        d["regularizer"] = dict(self.regularizer) if self.regularizer else None
+        d.update(data=ctx.data, data_dir=str(ctx.data_dir) if ctx.data_dir else None, device=ctx.device,
+                 record_version=RECORD_VERSION)
+        return d
+
+    def key(self, ctx: Context) -> str:
+        blob = json.dumps(self.identity(ctx), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def deep_spec(cfg: dict, arch: str, seed: int, **overrides) -> RunSpec:
+    """The RunSpec of a deep-net recipe config (keys: depth, width, epochs, lr, batch_size, n_train,
+    n_test, diagnostics_every, diag_batch, spectrum_*; absent spectrum_at = no spectra)."""
+    keys = ("depth", "width", "epochs", "lr", "batch_size", "n_train", "n_test", "diagnostics_every", "diag_batch",
+            "spectrum_probes", "spectrum_steps", "spectrum_samples", "degenerate_eps")
+    kw = {k: cfg[k] for k in keys if k in cfg}
+    kw["spectrum_at"] = tuple(cfg.get("spectrum_at", ()))
+    kw.update(overrides)
+    if "label" not in kw:
+        kw["label"] = arch
+    return RunSpec(arch=arch, seed=int(seed), **kw)
+
+
+def _build(spec: RunSpec, ctx: Context, data):
+    from skipkern.nn import SkipMLP, malicious_init_
+    from skipkern.regularizers import BiasReg
+
+    model = SkipMLP(data.in_features, spec.width, spec.depth, data.num_classes, arch=spec.arch,
+                    degenerate_fraction=spec.degenerate_fraction, hyper_reduce=spec.hyper_reduce,
+                    hyper_skip=spec.hyper_skip, batchnorm_layers=spec.batchnorm_layers, backend=ctx.backend,
+                    seed=spec.seed, device=ctx.device)
+    if spec.malicious:
+        malicious_init_(model)
+    reg = None
+    if spec.regularizer:
+        r = dict(spec.regularizer)
+        if r.get("kind") != "biasreg":
+            raise ValueError(f"regularizer kind must be 'biasreg', got {r.get('kind')!r}")
+        reg = BiasReg(model, mu=float(r["mu"]), sigma=float(r["sigma"]), lam=float(r["lam"]), seed=spec.seed)
+    return model, reg
+
+
+def _compact(history: list) -> list:
+    """The per-epoch records without the bulky per-layer diagnostics arrays of every epoch (kept in
+    metrics.jsonl); diagnostics keep their summaries and the condition numbers per layer."""
+    out = []
+    for rec in history:
+        r = {k: v for k, v in rec.items() if k != "diagnostics"}
+        if "diagnostics" in rec:
+            diag = {}
+            for name, d in rec["diagnostics"].items():
+                diag[name] = {"summary": d.get("summary", {})}
+                if name in ("condition_numbers", "gradient_norms", "elimination", "linear_dependence"):
+                    diag[name]["arrays"] = d.get("arrays", {})
+            r["diagnostics"] = diag
+        out.append(r)
+    return out
+
+
+def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train (or load the finished record of) one run. Returns its record: spec, history (compact),
+    final metrics, model parameter count, elapsed seconds and the run folder.
+
+    ``on_epoch`` is called with each epoch's record as training goes (progress bars)."""
+    from skipkern.train import TrainConfig, train
+
+    folder = ctx.runs_dir / f"{spec.label or spec.arch}-{spec.key(ctx)}"
+    rec_path = folder / "record.json"
+    if rec_path.is_file():
+        rec = read_json(rec_path)
+        if rec.get("identity") == json.loads(json.dumps(spec.identity(ctx), default=str)):
+            rec["cached"] = True
+            return rec
+    data = ctx.dataset(spec.n_train, spec.n_test, spec.data_seed)
+    model, reg = _build(spec, ctx, data)
+    cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, device=ctx.device,
+                      eval_every=1, diagnostics_every=spec.diagnostics_every, diag_batch=spec.diag_batch,
+                      spectrum_at=tuple(spec.spectrum_at), spectrum_probes=spec.spectrum_probes,
+                      spectrum_steps=spec.spectrum_steps, spectrum_samples=spec.spectrum_samples,
+                      degenerate_eps=spec.degenerate_eps, regularizer=reg, progress=False)
+    t0 = time.perf_counter()
+    result = train(model, data, cfg, out_dir=folder, resume=True, log=on_epoch or (lambda r: None))
+    history = _compact(result.history)
+    rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "history": history,
+           "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
+           "num_params": int(sum(p.numel() for p in model.parameters())), "elapsed_s": time.perf_counter() - t0,
+           "stopped_early": bool(result.stopped_early), "cached": False}
+    write_json(rec_path, rec)
+    return read_json(rec_path)  # the same form a cached read gives (inf/nan restored)
+
+
+# ----------------------------------------------------------------------------------------- accessors
+def final_metric(rec: dict, key: str = "train_acc") -> float:
+    """The last evaluated value of ``key`` (e.g. train_acc, test_acc, train_loss)."""
+    for r in reversed(rec["history"]):
+        if isinstance(r.get(key), (int, float)):
+            return float(r[key])
+    return float("nan")
+
+
+def series(rec: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of a dotted key over the history records that have it."""
+    xs, ys = [], []
+    for r in rec["history"]:
+        v = r
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            xs.append(r["epoch"])
+            ys.append(float(v))
+    return np.asarray(xs), np.asarray(ys, dtype=float)
+
+
+def diag_series(rec: dict, name: str, array: str) -> dict:
+    """{epoch: per-layer array} of one diagnostic array over the epochs where it was measured."""
+    out = {}
+    for r in rec["history"]:
+        d = r.get("diagnostics", {}).get(name)
+        if d and array in d.get("arrays", {}):
+            out[int(r["epoch"])] = np.asarray(d["arrays"][array], dtype=float)
+    return out

@@ -1,0 +1,377 @@
+"""Fused Hessian-vector products of a SkipMLP: Pearlmutter's R-op carrying all k directions at once.
+
+Layers l = 0 .. L (L = depth; layer L is the linear output layer), h_0 = x:
+    z_l = h_l W_l^T + b_l,   h_{l+1} = act(z_l) + S_l h_l + c_l sum_{i<l} h_i P_i^T     (l < L)
+    logits = z_L,            loss = sum_r w_r ell(logits_r, y_r)
+For directions (dW_l, db_l), R{.} the directional derivative:
+    R z_l = R h_l W_l^T + h_l dW_l^T + db_l
+    R h_{l+1} = act'(z_l) R z_l + S_l R h_l + c_l sum_{i<l} R h_i P_i^T
+    R g_L = H_ell(logits) R logits                                    (softmax-CE or MSE, per row)
+    R delta_l = R g_{l+1} act'(z_l) + g_{l+1} act''(z_l) R z_l        (act'' = 0 for relu/identity)
+    R dW_l = R delta_l^T h_l + delta_l^T R h_l,   R db_l = sum_rows R delta_l   <- the HVP
+    R g_l = R delta_l W_l + delta_l dW_l + S_l^T R g_{l+1} + (hyper terms)^T
+All R-tensors are [n, k, width] (row-major over the batch), so each term is ONE 2-D GEMM:
+the n*k rows share W_l ([n*k, K] @ W^T), the k direction matrices share the activations
+(h_l @ [dW | db]^T_flat: [n, K+1] @ [K+1, k*N]; R delta^T h: [k*N, n] @ [n, K+1]). Bias terms ride in
+the GEMMs through a ones column; additions go through addmm_ where the operands allow. Plain torch:
+this file is both the fused backend on CPU and the reference of any kernel version.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skipkern.nn.skip_mlp import SkipMLP
+from skipkern.reference import activation_grad_ref, activation_ref
+
+__all__ = ["FusedHVP", "supports", "loss_spec"]
+
+_SMOOTH = ("tanh", "gelu")
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def activation_grad2(z: Tensor, activation: str) -> Tensor:
+    """act''(z) for the smooth activations (tanh, exact gelu)."""
+    if activation == "tanh":
+        t = torch.tanh(z)
+        return -2.0 * t * (1.0 - t * t)
+    if activation == "gelu":
+        return _INV_SQRT_2PI * torch.exp(-0.5 * z * z) * (2.0 - z * z)
+    raise ValueError(f"activation_grad2 is for {_SMOOTH}, got {activation!r}")
+
+
+def loss_spec(loss_fn: Callable) -> tuple[Optional[tuple], str]:
+    """((kind, reduction, ignore_index), "") for a loss the fused backend handles, else (None, reason)."""
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if loss_fn.weight is not None:
+            return None, "nn.CrossEntropyLoss with class weights"
+        if loss_fn.label_smoothing != 0.0:
+            return None, "nn.CrossEntropyLoss with label_smoothing"
+        if loss_fn.reduction not in ("mean", "sum"):
+            return None, f"nn.CrossEntropyLoss(reduction={loss_fn.reduction!r}) is not a scalar loss"
+        return ("ce", loss_fn.reduction, loss_fn.ignore_index), ""
+    if loss_fn is F.cross_entropy:
+        return ("ce", "mean", -100), ""
+    if isinstance(loss_fn, nn.MSELoss):
+        if loss_fn.reduction not in ("mean", "sum"):
+            return None, f"nn.MSELoss(reduction={loss_fn.reduction!r}) is not a scalar loss"
+        return ("mse", loss_fn.reduction, None), ""
+    if loss_fn is F.mse_loss:
+        return ("mse", "mean", None), ""
+    return None, (f"loss_fn {type(loss_fn).__name__} is not one the fused R-op knows (nn.CrossEntropyLoss, "
+                  f"F.cross_entropy, nn.MSELoss, F.mse_loss)")
+
+
+def _layer_param(name: str, n_layers: int) -> Optional[tuple[int, str]]:
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in ("weight", "bias"):
+        i = int(parts[1])
+        if i < n_layers:
+            return i, parts[2]
+    return None
+
+
+def supports(model: nn.Module, loss_fn: Callable, names: Sequence[str]) -> tuple[bool, str]:
+    """Whether the fused backend can compute this Hessian, and if not, why."""
+    if not isinstance(model, SkipMLP):
+        return False, f"model is a {type(model).__name__}, not a SkipMLP"
+    if len(model.norms):
+        return False, "SkipMLP has BatchNorm layers (batchnorm_layers)"
+    spec, why = loss_spec(loss_fn)
+    if spec is None:
+        return False, why
+    bad = [n for n in names if _layer_param(n, len(model.layers)) is None]
+    if bad:
+        return False, f"parameters {bad[:3]} are not layer weights/biases"
+    return True, ""
+
+
+class FusedHVP:
+    """Batched HVPs of a SkipMLP by the analytic R-op (see module docstring)."""
+
+    def __init__(self, model: SkipMLP, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype):
+        self.model, self.names, self.dtype = model, list(names), dtype
+        self.spec, _ = loss_spec(loss_fn)
+        self.where = [_layer_param(n, len(model.layers)) for n in self.names]
+        self._ws: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------------------- pieces
+    def _layers(self) -> list[dict]:
+        m, dt = self.model, self.dtype
+        out = []
+        for i, layer in enumerate(m.layers):
+            w = layer.weight.detach().to(dt)
+            b = None if layer.bias is None else layer.bias.detach().to(dt)
+            kind, q = "none", None
+            if layer.skip == "identity":
+                kind = "identity"
+            elif layer.skip in ("orthogonal", "degenerate"):
+                kind, q = "dense", layer.skip_weight.detach().to(dt)
+            hyper = i < len(m.layers) - 1 and m.n_hyper > 0 and i >= 2
+            out.append(dict(w=w, b=b, kind=kind, q=q, act=layer.activation,
+                            c=m.hyper_coefficient(i) if hyper else 0.0,
+                            p=m.hyper_matrix(i).detach().to(dt) if 1 <= i <= m.n_hyper else None))
+        return out
+
+    def _row_weights(self, logits_shape: tuple, y: Tensor, batch_index: int) -> Tensor:
+        """Per-row loss weights w_r [n] of the whole batch, from the reduction (and ignore_index)."""
+        kind, red, ignore = self.spec
+        n, C = logits_shape
+        if kind == "ce" and not y.dtype.is_floating_point:
+            if y.shape != (n,):
+                raise ValueError(f"cross-entropy targets must be class indices [n={n}], got {tuple(y.shape)} "
+                                 f"on batch {batch_index}")
+            valid = y != ignore
+            bad = valid & ((y < 0) | (y >= C))
+            if bool(bad.any()):
+                raise ValueError(f"cross-entropy targets must lie in [0, {C}) on batch {batch_index}")
+            w = valid.to(self.dtype)
+            if red == "mean":
+                cnt = float(w.sum())
+                if cnt == 0:
+                    raise ValueError(f"loss is nan on data batch {batch_index}: every target is ignore_index")
+                w = w / cnt
+            return w
+        if y.shape != (n, C):
+            what = "cross-entropy probability" if kind == "ce" else "MSE"
+            raise ValueError(f"{what} targets must have the outputs' shape {(n, C)}, got {tuple(y.shape)} "
+                             f"on batch {batch_index}")
+        scale = 1.0 if red == "sum" else (1.0 / n if kind == "ce" else 1.0 / (n * C))
+        return torch.full((n,), scale, dtype=self.dtype, device=y.device)
+
+    def _loss_terms(self, logits: Tensor, y: Tensor, w: Tensor):
+        """(loss, g = d loss / d logits [n, C], Hop: R logits [n, k, C] -> R g [n, k, C])."""
+        kind = self.spec[0]
+        if kind == "mse":
+            diff = logits - y
+            loss = (w * (diff * diff).sum(1)).sum()
+            g = (2.0 * w)[:, None] * diff
+            return loss, g, lambda u: u * (2.0 * w)[:, None, None]
+        logp = torch.log_softmax(logits, dim=1)
+        p = logp.exp()
+        if y.dtype.is_floating_point:
+            t, s = y, y.sum(1)
+        else:
+            t = torch.zeros_like(logits).scatter_(1, y.clamp(0, logits.shape[1] - 1)[:, None], 1.0)
+            s = torch.ones_like(w)
+        loss = -(w * (t * logp).sum(1)).sum()
+        g = w[:, None] * (s[:, None] * p - t)
+        ws = (w * s)[:, None, None]
+        pk = p[:, None, :]
+
+        def hop(u: Tensor) -> Tensor:  # w s (diag(p) - p p^T) u, per row and direction
+            return ws * pk * (u - (u * pk).sum(-1, keepdim=True))
+        return loss, g, hop
+
+    def _directions(self, Vt: Tensor, layers: list[dict]) -> list[Optional[Tensor]]:
+        """Per layer [k, N, K(+1)]: [dW | db] of the k directions (None if the layer is not selected)."""
+        k = Vt.shape[0]
+        dirs: list[Optional[Tensor]] = [None] * len(layers)
+        off = 0
+        for (i, what), name in zip(self.where, self.names):
+            L = layers[i]
+            N, K = L["w"].shape
+            size = N * K if what == "weight" else N
+            if dirs[i] is None:
+                dirs[i] = Vt.new_zeros(k, N, K + (L["b"] is not None))
+            if what == "weight":
+                dirs[i][:, :, :K] = Vt[:, off:off + size].view(k, N, K)
+            else:
+                dirs[i][:, :, K] = Vt[:, off:off + size]
+            off += size
+        return dirs
+
+    def rows_per_chunk(self, n: int, k: int, memory_budget: int, layers: list[dict]) -> int:
+        isz = torch.finfo(self.dtype).bits // 8
+        widths = [L["w"].shape[1] for L in layers]
+        smooth = sum(L["w"].shape[0] for L in layers if L["act"] in _SMOOTH)
+        per_row = isz * (k * (sum(widths) + smooth + 4 * max(widths + [layers[-1]["w"].shape[0]]))
+                         + 4 * sum(widths))
+        return int(max(1, min(n, memory_budget // max(per_row, 1))))
+
+    # ------------------------------------------------------------------------------- product
+    def batch_hvp(self, x: Tensor, y: Tensor, Vt: Tensor, memory_budget: int, batch_index: int = 0) -> Tensor:
+        """Hessian of the batch loss (loss_fn's reduction over these rows) times each row of Vt [k, P]."""
+        layers = self._layers()
+        if x.dim() != 2 or x.shape[1] != layers[0]["w"].shape[1]:
+            raise ValueError(f"inputs must have shape [n, {layers[0]['w'].shape[1]}], got {tuple(x.shape)} "
+                             f"on batch {batch_index}")
+        n, k = x.shape[0], Vt.shape[0]
+        w_rows = self._row_weights((n, layers[-1]["w"].shape[0]), y, batch_index)
+        dirs = self._directions(Vt, layers)
+        res: list[Optional[Tensor]] = [None if d is None else torch.zeros_like(d) for d in dirs]
+        rows = self.rows_per_chunk(n, k, memory_budget, layers)
+        loss = 0.0
+        for r0 in range(0, n, rows):
+            loss += float(self._chunk(x[r0:r0 + rows], y[r0:r0 + rows], w_rows[r0:r0 + rows],
+                                      layers, dirs, res))
+        if not math.isfinite(loss):
+            raise ValueError(f"loss is {loss} (not finite) on data batch {batch_index}; "
+                             f"check the inputs, targets and parameters for NaN/inf")
+        out = torch.empty_like(Vt)
+        off = 0
+        for i, what in self.where:
+            N, K = layers[i]["w"].shape
+            if what == "weight":
+                out[:, off:off + N * K] = res[i][:, :, :K].reshape(k, N * K)
+                off += N * K
+            else:
+                out[:, off:off + N] = res[i][:, :, K]
+                off += N
+        return out
+
+    def _buf(self, name: str, shape: tuple, like: Tensor) -> Tensor:
+        """A reusable workspace buffer: large [n, k, width] tensors are allocated once per operator, not
+        per layer and call (fresh multi-MB allocations cost page faults comparable to the GEMMs)."""
+        need = math.prod(shape)
+        t = self._ws.get(name)
+        if t is None or t.numel() < need or t.dtype != like.dtype or t.device != like.device:
+            t = self._ws[name] = torch.empty(need, dtype=like.dtype, device=like.device)
+        return t[:need].view(shape)
+
+    def release_workspace(self) -> None:
+        """Free the cached [n, k, width] buffers (they are re-created by the next product)."""
+        self._ws = {}
+
+    def _chunk(self, x: Tensor, y: Tensor, w: Tensor, layers: list[dict], dirs: list, res: list) -> Tensor:
+        n, k, Lout = x.shape[0], dirs_k(dirs), len(layers) - 1
+        ones = x.new_ones(n, 1)
+        # ---- primal forward (saved once, shared by all k directions) and R-forward into buffers.
+        # None stands for an R-tensor that is exactly zero (layers below the first selected one).
+        A, D1, T2, RA = [], [], [], []  # augmented inputs [n, K(+1)], act' [n, N], act''*Rz, R inputs
+        h, Rh = x, None
+        hsum, Rhsum = None, None
+        logits = Rlogits = None
+        for l, L in enumerate(layers):
+            W, b = L["w"], L["b"]
+            N, K = W.shape
+            a = torch.cat([h, ones], 1) if b is not None else h
+            A.append(a)
+            RA.append(Rh)
+            z = torch.addmm(b, h, W.T) if b is not None else h @ W.T
+            out = self._buf("rlog" if l == Lout else f"ra{l + 1}", (n, k, N), x)
+            have = False
+            if dirs[l] is not None:  # h dW^T + db for all k at once: [n, K+1] @ [K+1, k*N]
+                torch.mm(a, dirs[l].view(k * N, -1).T, out=out.view(n, k * N))
+                have = True
+            if Rh is not None:  # R h W^T: the n*k rows share W
+                _mm_into(out.view(n * k, N), Rh.view(n * k, K), W.T, have)
+                have = True
+            if l == Lout:
+                logits, Rlogits = z, (out if have else None)
+                break
+            act = L["act"]
+            d1 = activation_grad_ref(z, act)
+            D1.append(d1)
+            t2 = None
+            if act in _SMOOTH and have:
+                t2 = torch.mul(out, activation_grad2(z, act)[:, None, :], out=self._buf(f"t2_{l}", (n, k, N), x))
+            T2.append(t2)
+            h_new = activation_ref(z, act)
+            if have:
+                out.mul_(d1[:, None, :])
+            if L["kind"] == "identity":
+                h_new = h_new + h
+                if Rh is not None:
+                    out.add_(Rh) if have else out.copy_(Rh)
+                    have = True
+            elif L["kind"] == "dense":
+                h_new = torch.addmm(h_new, h, L["q"].T)
+                if Rh is not None:
+                    _mm_into(out.view(n * k, N), Rh.view(n * k, K), L["q"].T, have)
+                    have = True
+            if L["c"]:
+                h_new = h_new + L["c"] * hsum
+                if Rhsum is not None:
+                    out.add_(Rhsum, alpha=L["c"]) if have else torch.mul(Rhsum, L["c"], out=out)
+                    have = True
+            if L["p"] is not None:  # this layer's input h_l feeds the hyper terms of later layers
+                hsum = h @ L["p"].T if hsum is None else torch.addmm(hsum, h, L["p"].T)
+                if Rh is not None:
+                    buf = self._buf("rhsum", (n, k, N), x)
+                    _mm_into(buf.view(n * k, N), Rh.view(n * k, K), L["p"].T, Rhsum is not None)
+                    Rhsum = buf
+            h, Rh = h_new, (out if have else None)
+        loss, g, hop = self._loss_terms(logits, y, w)
+        # ---- backward: primal gradient (delta) and its R-derivative, layer by layer
+        gz, Rgz = g, (None if Rlogits is None else hop(Rlogits))
+        gh_next = Rgh_next = None
+        acc = Racc = None
+        for l in range(Lout, -1, -1):
+            L = layers[l]
+            W = L["w"]
+            N, K = W.shape
+            a, Ra = A[l], RA[l]
+            if res[l] is not None:  # R [dW | db] = R delta^T [h, 1] + delta^T [R h, 0]
+                if Rgz is not None:
+                    res[l].view(k * N, -1).addmm_(Rgz.view(n, k * N).T, a)
+                if Ra is not None:
+                    res[l][:, :, :K] += (gz.T @ Ra.view(n, k * K)).view(N, k, K).permute(1, 0, 2)
+            if l == 0:
+                break
+            gh = gz @ W
+            rgh = self._buf(f"rgh{l % 2}", (n, k, K), x)
+            have = False
+            if Rgz is not None:  # R delta W: the n*k rows share W
+                torch.mm(Rgz.view(n * k, N), W, out=rgh.view(n * k, K))
+                have = True
+            if dirs[l] is not None:  # delta dW for all k: [n, N] @ [N, k*K]
+                dWp = dirs[l][:, :, :K].permute(1, 0, 2).reshape(N, k * K)
+                _mm_into(rgh.view(n, k * K), gz, dWp, have)
+                have = True
+            if L["kind"] == "identity":
+                gh = gh + gh_next
+                if Rgh_next is not None:
+                    rgh.add_(Rgh_next) if have else rgh.copy_(Rgh_next)
+                    have = True
+            elif L["kind"] == "dense":
+                gh = torch.addmm(gh, gh_next, L["q"])
+                if Rgh_next is not None:
+                    _mm_into(rgh.view(n * k, K), Rgh_next.view(n * k, N), L["q"], have)
+                    have = True
+            if L["p"] is not None and acc is not None:  # sum_{j>l} c_j g_{j+1}, through P_l
+                gh = torch.addmm(gh, acc, L["p"])
+                if Racc is not None:
+                    _mm_into(rgh.view(n * k, K), Racc.view(n * k, N), L["p"], have)
+                    have = True
+            if L["c"]:  # layer l's own hyper input adds c_l g_{l+1} for the layers below
+                acc = gh_next * L["c"] if acc is None else acc.add(gh_next, alpha=L["c"])
+                if Rgh_next is not None:
+                    if Racc is None:
+                        Racc = torch.mul(Rgh_next, L["c"], out=self._buf("racc", (n, k, N), x))
+                    else:
+                        Racc.add_(Rgh_next, alpha=L["c"])
+            Rgh = rgh if have else None
+            # to layer l-1: delta = g act'(z), R delta = R g act'(z) + g act''(z) R z
+            d1, t2 = D1[l - 1], T2[l - 1]
+            Rgz = None
+            if Rgh is not None or t2 is not None:
+                Rgz = self._buf("rgz", (n, k, K), x)
+                if Rgh is not None:
+                    torch.mul(Rgh, d1[:, None, :], out=Rgz)
+                    if t2 is not None:
+                        Rgz.addcmul_(gh[:, None, :], t2)
+                else:
+                    torch.mul(t2, gh[:, None, :], out=Rgz)
+            gz = gh * d1
+            gh_next, Rgh_next = gh, Rgh
+        return loss
+
+
+def _mm_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool) -> None:
+    """out = a @ b, or out += a @ b (one GEMM either way)."""
+    if accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
+
+
+def dirs_k(dirs: list) -> int:
+    for d in dirs:
+        if d is not None:
+            return d.shape[0]
+    raise ValueError("no parameters selected")
