@@ -39,8 +39,10 @@ struct Vec<float> {
   static SK_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static SK_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static SK_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  // max(0, z) returns its second operand when either is NaN, so relu(NaN) = NaN as in torch.
-  static SK_INLINE reg relu(reg z) { return _mm512_max_ps(_mm512_setzero_ps(), z); }
+  // z < 0 ? 0 : z, so relu(NaN) = NaN as in torch (a blend: GCC 12 warns on _mm512_max_ps).
+  static SK_INLINE reg relu(reg z) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), z, _mm512_setzero_ps());
+  }
   // 1 where z > 0, else 0 (NaN -> 0), the reference's relu'(z).
   static SK_INLINE reg step(reg z) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.f));
@@ -61,7 +63,9 @@ struct Vec<double> {
   static SK_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
   static SK_INLINE reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static SK_INLINE reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
-  static SK_INLINE reg relu(reg z) { return _mm512_max_pd(_mm512_setzero_pd(), z); }
+  static SK_INLINE reg relu(reg z) {
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(z, _mm512_setzero_pd(), _CMP_LT_OQ), z, _mm512_setzero_pd());
+  }
   static SK_INLINE reg step(reg z) {
     return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(z, _mm512_setzero_pd(), _CMP_GT_OQ), _mm512_set1_pd(1.0));
   }
@@ -92,6 +96,7 @@ struct Vec<float> {
   static SK_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static SK_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static SK_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  // max(0, z) returns its second operand when either is NaN, so relu(NaN) = NaN as in torch.
   static SK_INLINE reg relu(reg z) { return _mm256_max_ps(_mm256_setzero_ps(), z); }
   static SK_INLINE reg step(reg z) {
     return _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.f));

@@ -74,7 +74,7 @@ def _activation_grad(z, ACTIVATION: tl.constexpr):
 def _skip_linear_fwd_kernel(
     x_ptr, w_ptr, b_ptr, q_ptr, y_ptr, z_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_qn, stride_qk,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_bn, stride_qn, stride_qk,
     stride_ym, stride_yn, stride_zm, stride_zn,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
@@ -105,7 +105,7 @@ def _skip_linear_fwd_kernel(
             acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION)
     mask_mn = mask_m[:, None] & mask_n[None, :]
     if HAS_BIAS:
-        b = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+        b = tl.load(b_ptr + offs_n * stride_bn, mask=mask_n, other=0.0)
         acc = acc + b.to(acc_dtype)[None, :]
     y = _activation(acc, ACTIVATION)
     if SKIP == "identity":  # N == K: S(x) is the [BM, BN] tile of x itself
@@ -374,7 +374,7 @@ def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     qq = q if q is not None else weight  # unused pointer when SKIP != "dense" (pruned at compile time)
     bb = bias if bias is not None else weight
     args = (x, weight, bb, qq, y, z, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-            qq.stride(0), qq.stride(1), y.stride(0), y.stride(1), z.stride(0), z.stride(1))
+            bb.stride(0), qq.stride(0), qq.stride(1), y.stride(0), y.stride(1), z.stride(0), z.stride(1))
     consts = dict(ACTIVATION=activation, HAS_BIAS=bias is not None, SKIP=skip, DOT_PRECISION=dot_precision(dtype))
     _launch("fwd", (m, n), args, consts, dtype, x.device, blocks)
     return y, z

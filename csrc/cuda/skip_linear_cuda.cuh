@@ -47,26 +47,35 @@ __device__ __forceinline__ void store_acc(__half* p, float v) { *p = __float2hal
 __device__ __forceinline__ void store_acc(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // act and act' exactly as skipkern.reference (gelu: exact erf form; relu'(0) = 0; relu(NaN) = NaN).
+// relu and identity are inlined; the transcendental forms are out-of-line calls, which keeps the
+// twenty-odd kernel instantiations small and quick to compile.
+template <typename A>
+__device__ __noinline__ A act_smooth(A z, int act) {
+  if (act == kTanh) return tanh(z);
+  return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
+}
+
+template <typename A>
+__device__ __noinline__ A act_grad_smooth(A z, int act) {
+  if (act == kTanh) {
+    const A t = tanh(z);
+    return A(1) - t * t;
+  }
+  return A(0.5) * (A(1) + erf(z * A(0.70710678118654752440))) + z * A(0.39894228040143267794) * exp(A(-0.5) * z * z);
+}
+
 template <typename A>
 __device__ __forceinline__ A act_fn(A z, int act) {
-  switch (act) {
-    case kRelu: return z < A(0) ? A(0) : z;
-    case kTanh: return tanh(z);
-    case kGelu: return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
-    default: return z;
-  }
+  if (act == kRelu) return z < A(0) ? A(0) : z;
+  if (act == kIdentity) return z;
+  return act_smooth(z, act);
 }
 
 template <typename A>
 __device__ __forceinline__ A act_grad_fn(A z, int act) {
-  switch (act) {
-    case kRelu: return z > A(0) ? A(1) : A(0);
-    case kTanh: { A t = tanh(z); return A(1) - t * t; }
-    case kGelu:
-      return A(0.5) * (A(1) + erf(z * A(0.70710678118654752440))) +
-             z * A(0.39894228040143267794) * exp(A(-0.5) * z * z);
-    default: return A(1);
-  }
+  if (act == kRelu) return z > A(0) ? A(1) : A(0);
+  if (act == kIdentity) return A(1);
+  return act_grad_smooth(z, act);
 }
 
 // ------------------------------------------------------------------------------------- loaders

@@ -179,7 +179,10 @@ def linear_dependence_from(layers: list, tol: Optional[float] = None, on: str = 
         lam = s ** 2 / max(a.shape[0] - 1, 1)             # covariance eigenvalues
         total = lam.sum().item()
         pr = total ** 2 / (lam ** 2).sum().item() if total > 0 else 0.0
-        t = numerical_rank_tol(s.max().item(), tuple(a.shape), L.dtype, tol_rule) if tol is None else float(tol)
+        # Rounding error sits in the stored (uncentred) activations, so the tolerance scales with their
+        # norm, not with the spread left after centring (a large common offset hides small directions).
+        s_ref = torch.linalg.matrix_norm(a, ord=2).item() if tol is None else 0.0
+        t = numerical_rank_tol(s_ref, tuple(a.shape), L.dtype, tol_rule) if tol is None else float(tol)
         rank = int((s > t).sum()) if s.max().item() > 0 else 0
         arr["participation_ratio"].append(pr)
         arr["normalized_pr"].append(pr / L.width)
@@ -202,7 +205,8 @@ def linear_dependence(model: nn.Module, x: torch.Tensor, tol: Optional[float] = 
     From the singular values s of the centred activation matrix [B, width] (covariance eigenvalues
     lambda = s^2 / (B - 1)): the participation ratio (sum lambda)^2 / sum lambda^2 (between 1 and the
     width; a unit that is a combination of others removes a direction) and the numerical rank, the
-    count of s above ``tol``.
+    count of s above ``tol``. The default tolerance is relative to the largest singular value of the
+    uncentred matrix, where the rounding error lives.
 
     Args:
         tol: absolute threshold on the singular values of the centred matrix; None uses ``tol_rule``

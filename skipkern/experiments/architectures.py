@@ -64,18 +64,25 @@ def run(ctx: Context, cfg: dict) -> dict:
                  + "; ".join(f"{a} {fmt(acc[a], pct=True)}" for a in ARCHS) + ".", c1,
                  {"final_train_acc": acc}, "architectures_train_accuracy")
 
-    # result 2: degenerate eigenvalue fraction, averaged over the spectrum checkpoints of each run
-    deg = {a: [spectrum_values(r, "fraction_degenerate") for r in records[a]] for a in ARCHS}
-    neg = {a: [spectrum_values(r, "fraction_negative") for r in records[a]] for a in ARCHS}
+    # result 2: degenerate eigenvalue fraction, averaged over the spectrum checkpoints of each run. The
+    # verdict uses the scale-free threshold (|lambda| <= rel * max|lambda|); the absolute one is reported.
+    deg = {a: [spectrum_values(r, "fraction_degenerate_rel") for r in records[a]] for a in ARCHS}
+    deg_abs = {a: [spectrum_values(r, "fraction_degenerate") for r in records[a]] for a in ARCHS}
+    neg = {a: [spectrum_values(r, "fraction_negative_rel") for r in records[a]] for a in ARCHS}
+    scale = {a: [spectrum_values(r, "spectral_scale") for r in records[a]] for a in ARCHS}
     if all(np.isfinite(v).any() for v in deg.values()):
         c2 = [compare("plain", deg["plain"], "residual", deg["residual"], ">", pct=True),
               compare("residual", deg["residual"], "hyper_residual", deg["hyper_residual"], ">", pct=True)]
-        ev2 = (f"Fraction of Hessian eigenvalues with |lambda| <= {cfg.get('degenerate_eps')}, mean over the "
-               f"checkpoints at epochs {list(cfg.get('spectrum_at', ()))}: "
+        ev2 = (f"Fraction of Hessian eigenvalues with |lambda| <= {cfg.get('degenerate_rel')} x max|lambda|, mean "
+               f"over the checkpoints at epochs {list(cfg.get('spectrum_at', ()))}: "
                + "; ".join(f"{a} {fmt(deg[a], pct=True)}" for a in ARCHS)
-               + ". Negative fraction: " + "; ".join(f"{a} {fmt(neg[a], pct=True)}" for a in ARCHS) + ".")
-        f2 = Finding(2, PAPER_CLAIMS[2], verdict(c2), ev2, c2, {"fraction_degenerate": deg, "fraction_negative": neg},
-                     "architectures_spectra")
+               + f". With the absolute threshold |lambda| <= {cfg.get('degenerate_eps')}: "
+               + "; ".join(f"{a} {fmt(deg_abs[a], pct=True)}" for a in ARCHS)
+               + ". Negative fraction (lambda < -threshold): " + "; ".join(f"{a} {fmt(neg[a], pct=True)}" for a in ARCHS)
+               + ". Spectral scale max|lambda|: " + "; ".join(f"{a} {fmt(scale[a], 3)}" for a in ARCHS) + ".")
+        f2 = Finding(2, PAPER_CLAIMS[2], verdict(c2), ev2, c2,
+                     {"fraction_degenerate_rel": deg, "fraction_degenerate_abs": deg_abs, "fraction_negative_rel": neg,
+                      "spectral_scale": scale}, "architectures_spectra")
     else:
         f2 = Finding(2, PAPER_CLAIMS[2], "inconclusive", "No Hessian spectra were computed in this configuration "
                      "(spectrum_at is empty).", [], {}, "")
@@ -110,22 +117,26 @@ def run(ctx: Context, cfg: dict) -> dict:
 
     summary = acc_summary(records)
     for a in ARCHS:
-        summary[a].update(mean_fraction_degenerate=stats(deg[a]), mean_fraction_negative=stats(neg[a]))
+        summary[a].update(mean_fraction_degenerate_rel=stats(deg[a]), mean_fraction_degenerate_abs=stats(deg_abs[a]),
+                          mean_fraction_negative_rel=stats(neg[a]), mean_spectral_scale=stats(scale[a]))
     return write_outputs(ctx, NAME, cfg, seeds, records, [f1, f2, f7], figs, summary, t0,
                          rows=run_rows(records, extra))
 
 
 def _spectra_figure(out, records: dict, cfg: dict) -> str:
-    ep_deg, deg = curves(records, "spectrum.fraction_degenerate")
-    if ep_deg.size == 0:
+    panels = [("spectrum.fraction_degenerate_rel", f"fraction |lambda| <= {cfg.get('degenerate_rel')} max|lambda|",
+               "degenerate eigenvalues (scale-free)", False),
+              ("spectrum.fraction_degenerate", f"fraction |lambda| <= {cfg.get('degenerate_eps')}",
+               "degenerate eigenvalues (absolute)", False),
+              ("spectrum.fraction_negative_rel", "fraction of negative eigenvalues", "negative eigenvalues", False),
+              ("spectrum.spectral_scale", "max |lambda| (spectral scale)", "Hessian scale", True)]
+    ep, _ = curves(records, panels[0][0])
+    if ep.size == 0:
         return ""
-    ep_neg, neg = curves(records, "spectrum.fraction_negative")
-    fig, axes = new_figure(2, 1, width=5.2)
-    band_plot(axes[0], ep_deg, deg, xlabel="epoch", ylabel=f"fraction |eigenvalue| <= {cfg.get('degenerate_eps')}",
-              title="degenerate Hessian eigenvalues")
-    band_plot(axes[1], ep_neg, neg, xlabel="epoch", ylabel="fraction of negative eigenvalues",
-              title="negative Hessian eigenvalues")
-    for ax in axes:
+    fig, axes = new_figure(2, 2, width=5.0)
+    for ax, (key, ylabel, title, logy) in zip(axes, panels):
+        epochs, vals = curves(records, key)
+        band_plot(ax, epochs, vals, xlabel="epoch", ylabel=ylabel, title=title, logy=logy)
         for line in ax.get_lines():
             line.set_marker("o")
     save_figure(fig, out, "architectures_spectra")

@@ -45,7 +45,7 @@ class Context:
         seeds: overrides every recipe's seed list when given.
         mode: "quick", "full" or "tiny" (the recipe configuration to use).
         progress: show tqdm progress bars.
-        hessian_backend: HVP backend of the spectra ("auto", "fused", "generic").
+    Hessian spectra use skipkern.hessian's automatic HVP backend (the fused R-op for SkipMLP).
     """
 
     out: Path
@@ -56,7 +56,6 @@ class Context:
     seeds: Optional[list] = None
     mode: str = "quick"
     progress: bool = True
-    hessian_backend: str = "auto"
     _datasets: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -89,8 +88,7 @@ class Context:
 
     def describe(self) -> dict:
         return {"out": str(self.out), "device": self.device, "backend": self.backend, "data": self.data,
-                "data_dir": self.data_dir, "seeds": self.seeds, "mode": self.mode,
-                "hessian_backend": self.hessian_backend, "torch": torch.__version__,
+                "data_dir": self.data_dir, "seeds": self.seeds, "mode": self.mode, "torch": torch.__version__,
                 "threads": torch.get_num_threads()}
 
 

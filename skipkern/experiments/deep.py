@@ -89,8 +89,8 @@ def run_rows(records: Mapping[str, list], extra: Optional[Callable[[str, dict], 
                    "width": ident["width"], "epochs": ident["epochs"]}
             for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
                 row[f"final_{k}"] = final_metric(r, k)
-            row["mean_fraction_degenerate"] = spectrum_values(r, "fraction_degenerate")
-            row["mean_fraction_negative"] = spectrum_values(r, "fraction_negative")
+            for k in ("fraction_degenerate_rel", "fraction_degenerate", "fraction_negative_rel", "spectral_scale"):
+                row[f"mean_{k}"] = spectrum_values(r, k)
             if extra is not None:
                 row.update(extra(c, r))
             row.update(elapsed_s=r.get("elapsed_s"), cached=r.get("cached", False), folder=r.get("folder"))

@@ -42,7 +42,11 @@ class RunSpec:
         regularizer: None or {"kind": "biasreg", "mu", "sigma", "lam"} (BiasL2Reg: mu = sigma = 0).
         diagnostics_every: run the singularity diagnostics every this many epochs (and at epoch 0).
         spectrum_at, spectrum_probes, spectrum_steps, spectrum_samples, degenerate_eps: Hessian spectra
-            (see ``skipkern.train.TrainConfig``).
+            (see ``skipkern.train.TrainConfig``); degenerate_eps is an absolute |lambda| threshold.
+        degenerate_rel: the scale-free threshold: |lambda| <= degenerate_rel * max |lambda| (max over the
+            density's Ritz values). Nets of different architectures have Hessians of very different scale
+            (a depth-20 residual net at Glorot init has |lambda|max ~ 1e4, a plain one ~ 1), so only a
+            threshold relative to the scale compares them; both fractions are recorded.
         label: a readable name for the folder (not part of the identity).
     """
 
@@ -69,6 +73,7 @@ class RunSpec:
     spectrum_steps: int = 40
     spectrum_samples: int = 500
     degenerate_eps: float = 1e-3
+    degenerate_rel: float = 1e-3
     label: str = field(default="", compare=False)
 
     def identity(self, ctx: Context) -> dict:
@@ -88,7 +93,7 @@ def deep_spec(cfg: dict, arch: str, seed: int, **overrides) -> RunSpec:
     """The RunSpec of a deep-net recipe config (keys: depth, width, epochs, lr, batch_size, n_train,
     n_test, diagnostics_every, diag_batch, spectrum_*; absent spectrum_at = no spectra)."""
     keys = ("depth", "width", "epochs", "lr", "batch_size", "n_train", "n_test", "diagnostics_every", "diag_batch",
-            "spectrum_probes", "spectrum_steps", "spectrum_samples", "degenerate_eps")
+            "spectrum_probes", "spectrum_steps", "spectrum_samples", "degenerate_eps", "degenerate_rel")
     kw = {k: cfg[k] for k in keys if k in cfg}
     kw["spectrum_at"] = tuple(cfg.get("spectrum_at", ()))
     kw.update(overrides)
@@ -133,6 +138,25 @@ def _compact(history: list) -> list:
     return out
 
 
+def relative_fractions(history: list, rel: float) -> None:
+    """Add scale-free fractions to every spectrum record that saved its density (in place):
+    spectral_scale (max |Ritz value|), fraction_degenerate_rel (|lambda| <= rel * scale) and
+    fraction_negative_rel (lambda < -rel * scale), each with its standard error across probes."""
+    from skipkern.hessian.density import SpectralDensity
+    for rec in history:
+        spec = rec.get("spectrum")
+        if not spec or not spec.get("path"):
+            continue
+        dens = SpectralDensity.load(spec["path"])
+        live = dens.weights > 0
+        scale = float(np.abs(dens.nodes[live]).max()) if live.any() else 0.0
+        eps = rel * scale
+        deg, neg = dens.fraction_degenerate(eps), dens.fraction_negative(eps)
+        spec.update(spectral_scale=scale, degenerate_rel=rel, fraction_degenerate_rel=float(deg[0]),
+                    fraction_degenerate_rel_se=float(deg[1]), fraction_negative_rel=float(neg[0]),
+                    fraction_negative_rel_se=float(neg[1]))
+
+
 def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train (or load the finished record of) one run. Returns its record: spec, history (compact),
     final metrics, model parameter count, elapsed seconds and the run folder.
@@ -157,6 +181,7 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
     t0 = time.perf_counter()
     result = train(model, data, cfg, out_dir=folder, resume=True, log=on_epoch or (lambda r: None))
     history = _compact(result.history)
+    relative_fractions(history, spec.degenerate_rel)
     rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "history": history,
            "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
            "num_params": int(sum(p.numel() for p in model.parameters())), "elapsed_s": time.perf_counter() - t0,

@@ -1,0 +1,149 @@
+"""Shared helpers of the benchmarks: machine/version metadata, timing, and JSON results.
+
+    from bench.common import env_info, measure, write_results
+    stats = measure(fn, device="cpu")                  # {"median_ms", "min_ms", "iqr_ms", "repeats"}
+    path = write_results("skip_layers", rows, extra)   # bench/results/skip_layers-<device>-<date>.json
+
+Every results file holds {"name", "env": env_info(), "extra": ..., "rows": [...]}, so figures can always
+be traced to a machine, versions, a commit and a date.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["env_info", "device_slug", "measure", "write_results", "format_table", "RESULTS_DIR"]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
+    except OSError:
+        pass
+    return []
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "unknown")
+    except Exception:  # not installed / broken: recorded as None
+        return None
+
+
+def device_slug() -> str:
+    """'cpu', or the GPU name in lower case with dashes (e.g. 'nvidia-h100-80gb-hbm3')."""
+    if torch.cuda.is_available():
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return "cpu"
+
+
+def env_info() -> dict:
+    """Machine, versions, git commit and date of this run."""
+    info = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device_slug(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": _cpu_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "skipkern": _version("skipkern"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    try:
+        from skipkern.backends import cpp
+        info["cpp_kernels"] = cpp.kernel_info()
+    except Exception:  # backend missing: leave it out
+        pass
+    return info
+
+
+def measure(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 3, min_repeats: int = 5,
+            max_repeats: int = 100, budget_s: float = 1.0, setup: Optional[Callable[[], Any]] = None) -> dict:
+    """Times ``fn()``: ``warmup`` untimed calls, then repeats until ``budget_s`` is spent (at least
+    ``min_repeats``, at most ``max_repeats``). ``setup()`` runs untimed before every call (e.g. clearing
+    gradients). CUDA work is synchronised around each call.
+
+    Returns:
+        {"median_ms", "min_ms", "iqr_ms", "repeats"}.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        if setup:
+            setup()
+        fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        if setup:
+            setup()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "iqr_ms": q[2] - q[0],
+            "repeats": len(times)}
+
+
+def write_results(name: str, rows: list, extra: Optional[dict] = None) -> Path:
+    """Writes bench/results/<name>-<device>-<YYYY-MM-DD>.json and returns its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    env = env_info()
+    path = RESULTS_DIR / f"{name}-{env['device']}-{_dt.date.today().isoformat()}.json"
+    payload = {"name": name, "env": env, "extra": extra or {}, "rows": rows}
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return path
+
+
+def format_table(rows: list, columns: list) -> str:
+    """Plain-text table of ``rows`` (dicts) with the given (key, header, format) columns."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([("" if r.get(k) is None else format(r[k], f)) for k, _, f in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c[i].rjust(widths[i]) for i in range(len(columns))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

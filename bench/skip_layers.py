@@ -1,0 +1,181 @@
+"""Benchmark: forward and forward+backward of SkipLinear and SkipMLP on every provider usable here.
+
+Providers (per device):
+  torch          the same math in plain torch ops (skipkern.reference.skip_linear_composite per layer):
+                 "torch eager", the baseline of every ratio
+  torch.compile  torch.compile of that function (default mode; compile time excluded)
+  <backend>      the skipkern modules with backend=<backend> (cpp on CPU; cuda, triton on GPU): the user's
+                 path, custom op + autograd glue included
+  <backend>-kernels  the same backend's launchers chained by hand (forward, then the backward of each
+                 layer in reverse), no autograd: the kernels' own cost, for comparison with the glue
+
+Modes: forward (under torch.no_grad) and fwd+bwd (loss gradient from a fixed grad_output, parameter
+gradients cleared untimed before each call). Times are medians of repeated calls after warm-up.
+
+    python bench/skip_layers.py            # full run (a few minutes on 2 CPU cores)
+    python bench/skip_layers.py --quick    # one small configuration per model
+Writes bench/results/skip_layers-<device>-<date>.json (see bench/common.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import env_info, format_table, measure, write_results  # noqa: E402
+from skipkern import backends  # noqa: E402
+from skipkern.nn import SkipLinear, SkipMLP  # noqa: E402
+from skipkern.ops.skip_linear import normalize_skip  # noqa: E402
+from skipkern.reference import skip_linear_composite  # noqa: E402
+
+MODES = ("forward", "fwd+bwd")
+
+
+def eager_layers(layers) -> Callable:
+    """Plain-torch forward through SkipLinear layers (their parameters and skip buffers)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            x = skip_linear_composite(x, layer.weight, layer.bias, layer.skip_arg, layer.activation)
+        return x
+    return run
+
+
+def kernel_chain(name: str, layers) -> Callable:
+    """Forward (and, with grad_y, backward) through the backend's launchers, no autograd."""
+    launch = backends.launcher(name)
+    spec = [(layer.weight.detach(), None if layer.bias is None else layer.bias.detach(),
+             *normalize_skip(layer.skip_arg), layer.activation) for layer in layers]
+
+    def run(x: torch.Tensor, grad_y: Optional[torch.Tensor] = None):
+        saved = []
+        for w, b, kind, q, act in spec:
+            q = None if q is None else q.detach()
+            y, z = launch.skip_linear_fwd(x, w, b, q, kind, act)
+            saved.append((x, z))
+            x = y
+        if grad_y is None:
+            return x
+        g = grad_y
+        for (w, b, kind, q, act), (xin, z) in zip(reversed(spec), reversed(saved)):
+            g, _, _ = launch.skip_linear_bwd(g, xin, w, z, None if q is None else q.detach(), kind, act,
+                                             b is not None)
+        return g
+    return run
+
+
+def build(model: str, batch: int, width: int, skip: str, depth: int, backend: str, device: str):
+    """The module under test, with the same seed for every provider (identical parameters)."""
+    kw = dict(backend=backend, device=device)
+    if model == "SkipLinear":
+        mod = SkipLinear(width, width, skip=skip, seed=0, **kw)
+        layers = [mod]
+    else:
+        mod = SkipMLP(width, width, depth, 10, arch=skip, seed=0, **kw)
+        layers = list(mod.layers)
+    return mod, layers
+
+
+def providers_for(device: str, with_compile: bool, only: Optional[set]) -> list:
+    names = ["torch"] + (["torch.compile"] if with_compile else [])
+    for b in backends.available():
+        if b.available and b.name != "torch" and device in b.devices and not (b.name == "triton" and device == "cpu"):
+            names += [b.name, f"{b.name}-kernels"]
+    return [n for n in names if only is None or n in only]
+
+
+def bench_case(model: str, batch: int, width: int, skip: str, depth: int, device: str, providers: list,
+               budget: float) -> list:
+    rows = []
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, width, generator=g).to(device)
+    out_width = width if model == "SkipLinear" else 10
+    grad_y = torch.randn(batch, out_width, generator=g).to(device)
+    for prov in providers:
+        # Modules of the torch / torch.compile / *-kernels providers only hold the parameters.
+        backend = prov if prov in backends.BACKENDS else "torch"
+        mod, layers = build(model, batch, width, skip, depth, backend, device)
+        params = list(mod.parameters())
+        xin = x.clone().requires_grad_(model == "SkipLinear")  # SkipLinear: dx too; MLP: data needs none
+        if prov == "torch":
+            f = eager_layers(layers)
+        elif prov == "torch.compile":
+            f = torch.compile(eager_layers(layers))
+        elif prov.endswith("-kernels"):
+            f = kernel_chain(prov[: -len("-kernels")], layers)
+        else:
+            f = mod
+
+        def clear():
+            for p in params:
+                p.grad = None
+            xin.grad = None
+
+        for mode in MODES:
+            if mode == "forward":
+                def call():
+                    with torch.no_grad():
+                        return f(x)
+            elif prov.endswith("-kernels"):
+                def call():
+                    return f(x, grad_y)
+            else:
+                def call():
+                    f(xin).backward(grad_y)
+            stats = measure(call, device=device, budget_s=budget, setup=clear,
+                            warmup=3 if prov != "torch.compile" else 2)
+            rows.append(dict(model=model, batch=batch, width=width, depth=depth if model == "SkipMLP" else 1,
+                             skip=skip, mode=mode, provider=prov, **stats))
+            print(f"  {model:10s} B={batch:<5d} W={width:<4d} {skip:10s} {mode:8s} {prov:14s} "
+                  f"{stats['median_ms']:9.3f} ms", flush=True)
+    for mode in MODES:
+        base = next(r["median_ms"] for r in rows if r["mode"] == mode and r["provider"] == "torch")
+        for r in rows:
+            if r["mode"] == mode:
+                r["speedup_vs_eager"] = base / r["median_ms"]
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one small configuration per model, short budget")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile provider")
+    ap.add_argument("--providers", default=None, help="comma-separated subset of providers")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of repeats per measurement")
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+    args = ap.parse_args(argv)
+
+    only = set(args.providers.split(",")) if args.providers else None
+    providers = providers_for(args.device, not args.no_compile, only)
+    if args.quick:
+        cases = [("SkipLinear", 500, 128, "identity"), ("SkipMLP", 500, 128, "residual")]
+        budget = args.budget or 0.3
+    else:
+        cases = [("SkipLinear", b, w, s) for s in ("identity", "orthogonal") for b in (500, 4096)
+                 for w in (128, 256, 512)]
+        cases += [("SkipMLP", b, w, "residual") for b in (500, 4096) for w in (128, 256, 512)]
+        budget = args.budget or 1.0
+    env = env_info()
+    print(f"device={args.device} ({env.get('gpu', env['cpu_model'])}), torch {env['torch']} with "
+          f"{env['torch_threads']} threads, providers: {', '.join(providers)}", flush=True)
+    rows = []
+    for model, batch, width, skip in cases:
+        rows += bench_case(model, batch, width, skip, args.depth, args.device, providers, budget)
+    cols = [("model", "model", "s"), ("batch", "B", "d"), ("width", "W", "d"), ("skip", "skip", "s"),
+            ("mode", "mode", "s"), ("provider", "provider", "s"), ("median_ms", "median ms", ".3f"),
+            ("iqr_ms", "iqr ms", ".3f"), ("speedup_vs_eager", "x eager", ".2f")]
+    print()
+    print(format_table(rows, cols))
+    if not args.no_save:
+        path = write_results("skip_layers", rows, {"quick": args.quick, "depth": args.depth,
+                                                   "providers": providers, "argv": sys.argv[1:]})
+        print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""HessianOperator: both HVP backends against the exact float64 Hessian
+(torch.autograd.functional.hessian), chunking and batching invariance, modes, errors."""
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skipkern.hessian import HessianOperator
+from skipkern.nn import SkipMLP
+
+F64 = torch.float64
+RTOL = 1e-10  # float64 products: only summation order differs from the exact Hessian
+
+
+def exact_hessian(model, loss_fn, x, y, names=None):
+    """Dense float64 Hessian of loss_fn(model(x), y) w.r.t. the named parameters (flat, in order)."""
+    named = dict(model.named_parameters())
+    names = names or [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [named[n].shape for n in names]
+    sizes = [named[n].numel() for n in names]
+    flat = torch.cat([named[n].detach().reshape(-1) for n in names])
+
+    def f(v):
+        d = {n: t.view(s) for n, t, s in zip(names, torch.split(v, sizes), shapes)}
+        return loss_fn(torch.func.functional_call(model, d, (x,)), y)
+
+    return torch.autograd.functional.hessian(f, flat)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def small_mlp(arch="residual", activation="relu", depth=4, seed=1, **kw):
+    m = SkipMLP(5, 6, depth, 3, arch=arch, activation=activation, seed=seed, dtype=F64, **kw)
+    with torch.no_grad():  # nonzero biases so that every bias term of the R-op is exercised
+        for layer in m.layers:
+            layer.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+    return m
+
+
+def data(n=9, d_in=5, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d_in, generator=g, dtype=F64), torch.randint(0, classes, (n,), generator=g)
+
+
+CASES = [(a, "relu") for a in ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")] + [
+    ("plain", "tanh"), ("residual", "gelu"), ("orthogonal", "tanh"), ("hyper_residual", "gelu")]
+
+
+@pytest.mark.parametrize("backend", ["fused", "generic"])
+@pytest.mark.parametrize("arch,activation", CASES)
+def test_matmat_matches_exact_hessian(arch, activation, backend):
+    m = small_mlp(arch, activation, depth=5)
+    x, y = data()
+    lf = nn.CrossEntropyLoss()
+    H = exact_hessian(m, lf, x, y)
+    op = HessianOperator(m, lf, (x, y), backend=backend, batch_size=4)
+    assert op.backend == backend and op.shape == H.shape and op.dtype == F64
+    V = torch.randn(H.shape[0], 3, dtype=F64)
+    assert rel(op.matmat(V), H @ V) < RTOL
+    v = V[:, 0]
+    assert rel(op.matvec(v), H @ v) < RTOL
+    assert rel(op @ v, H @ v) < RTOL
+
+
+@pytest.mark.parametrize("loss_fn,target", [
+    (nn.MSELoss(), "reg"), (nn.MSELoss(reduction="sum"), "reg"), (nn.CrossEntropyLoss(reduction="sum"), "cls"),
+    (nn.CrossEntropyLoss(ignore_index=1), "cls"), (nn.CrossEntropyLoss(), "soft"),
+    (torch.nn.functional.cross_entropy, "cls"), (torch.nn.functional.mse_loss, "reg")])
+def test_fused_losses_match_exact(loss_fn, target):
+    m = small_mlp("hyper_residual", "gelu", depth=4, hyper_reduce="sum", hyper_skip="identity")
+    x, y = data()
+    if target == "reg":
+        y = torch.randn(9, 3, dtype=F64)
+    elif target == "soft":
+        y = torch.softmax(torch.randn(9, 3, dtype=F64), 1)
+    H = exact_hessian(m, loss_fn, x, y)
+    V = torch.randn(H.shape[0], 2, dtype=F64)
+    for backend in ("fused", "generic"):
+        op = HessianOperator(m, loss_fn, (x, y), backend=backend)
+        assert rel(op @ V, H @ V) < RTOL, backend
+
+
+class SmallConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).flatten(1))
+
+
+def test_generic_conv_net_matches_exact(caplog):
+    torch.manual_seed(0)
+    m = SmallConv().double()
+    x = torch.randn(6, 1, 6, 6, dtype=F64)
+    y = torch.randint(0, 3, (6,))
+    lf = nn.CrossEntropyLoss()
+    H = exact_hessian(m, lf, x, y)
+    with caplog.at_level(logging.INFO, logger="skipkern"):
+        op = HessianOperator(m, lf, (x, y))  # auto: not a SkipMLP -> generic, logged with the reason
+    assert op.backend == "generic"
+    assert any("hvp backend=generic" in r.message and "not a SkipMLP" in r.message for r in caplog.records)
+    V = torch.randn(H.shape[0], 4, dtype=F64)
+    assert rel(op @ V, H @ V) < RTOL
+    with pytest.raises(RuntimeError, match="fused"):
+        HessianOperator(m, lf, (x, y), backend="fused")
+
+
+def test_fused_equals_generic_float32_and_auto_picks_fused(caplog):
+    m = SkipMLP(8, 16, 6, 4, arch="orthogonal", seed=3)
+    x = torch.randn(40, 8)
+    y = torch.randint(0, 4, (40,))
+    with caplog.at_level(logging.INFO, logger="skipkern"):
+        fused = HessianOperator(m, nn.CrossEntropyLoss(), (x, y))
+    assert fused.backend == "fused" and any("hvp backend=fused" in r.message for r in caplog.records)
+    generic = HessianOperator(m, nn.CrossEntropyLoss(), (x, y), backend="generic")
+    V = torch.randn(fused.shape[0], 5)
+    a, b = fused @ V, generic @ V
+    assert a.dtype == torch.float32
+    assert rel(a.double(), b.double()) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["fused", "generic"])
+def test_matmat_equals_k_matvecs_and_chunking_invariance(backend):
+    m = small_mlp("residual", "tanh", depth=4)
+    x, y = data(n=13)
+    lf = nn.CrossEntropyLoss()
+    V = torch.randn(sum(p.numel() for p in m.parameters()), 5, dtype=F64)
+    ref = HessianOperator(m, lf, (x, y), backend=backend) @ V
+    cols = torch.stack([HessianOperator(m, lf, (x, y), backend=backend).matvec(V[:, j]) for j in range(5)], 1)
+    assert rel(cols, ref) < 1e-13
+    tiny = HessianOperator(m, lf, (x, y), backend=backend, memory_budget=4096)  # row and direction chunks
+    assert rel(tiny @ V, ref) < 1e-13
+
+
+@pytest.mark.parametrize("backend", ["fused", "generic"])
+def test_ragged_batches_weighted_by_size(backend):
+    m = small_mlp("plain", "relu")
+    x, y = data(n=13)
+    lf = nn.CrossEntropyLoss()
+    H = exact_hessian(m, lf, x, y)  # mean over all 13 rows
+    V = torch.randn(H.shape[0], 2, dtype=F64)
+    batches = [(x[:5], y[:5]), (x[5:10], y[5:10]), (x[10:], y[10:])]  # ragged last batch of 3
+    assert rel(HessianOperator(m, lf, batches, backend=backend) @ V, H @ V) < RTOL
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    op = HessianOperator(m, lf, loader, backend=backend)
+    assert rel(op @ V, H @ V) < RTOL
+    assert op.data_passes == 1
+
+
+@pytest.mark.parametrize("backend", ["fused", "generic"])
+def test_parameter_subset(backend):
+    m = small_mlp("orthogonal", "gelu")
+    x, y = data()
+    lf = nn.CrossEntropyLoss()
+    names = ["layers.2.weight", "layers.0.bias"]  # user order is kept
+    H = exact_hessian(m, lf, x, y, names)
+    op = HessianOperator(m, lf, (x, y), params=names, backend=backend)
+    assert op.param_names == names and op.shape[0] == 36 + 6
+    V = torch.randn(H.shape[0], 3, dtype=F64)
+    assert rel(op @ V, H @ V) < RTOL
+    op2 = HessianOperator(m, lf, (x, y), params=[m.layers[2].weight, m.layers[0].bias], backend=backend)
+    assert rel(op2 @ V, H @ V) < RTOL
+
+
+def test_dtype_cast_and_to_scipy():
+    m = SkipMLP(5, 6, 3, 3, arch="residual", seed=0)  # float32 model
+    x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    lf = nn.CrossEntropyLoss()
+    op = HessianOperator(m, lf, (x, y), dtype=F64)
+    H = exact_hessian(copy.deepcopy(m).double(), lf, x.double(), y)
+    assert op.dtype == F64 and m.layers[0].weight.dtype == torch.float32
+    V = torch.randn(H.shape[0], 2, dtype=F64)
+    assert rel(op @ V, H @ V) < RTOL
+    lin = op.to_scipy()
+    v = np.random.default_rng(0).standard_normal(H.shape[0])
+    np.testing.assert_allclose(lin.matvec(v), (H @ torch.from_numpy(v)).numpy(), rtol=1e-9, atol=1e-12)
+    assert lin.shape == op.shape
+
+
+def test_eval_mode_default_and_modes_restored():
+    m = SkipMLP(5, 6, 3, 3, arch="residual", seed=0, batchnorm_layers=(1,), dtype=F64)
+    x, y = data(n=8)
+    lf = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        m.norms["1"].running_mean.uniform_(-1, 1)
+        m.norms["1"].running_var.uniform_(0.5, 2)
+    m.train()
+    stats = m.norms["1"].running_mean.clone()
+    op = HessianOperator(m, lf, (x, y))
+    assert op.backend == "generic" and "BatchNorm" in op.backend_reason
+    V = torch.randn(op.shape[0], 2, dtype=F64)
+    out = op @ V
+    assert m.training and all(mod.training for mod in m.modules())
+    m.eval()
+    assert rel(out, exact_hessian(m, lf, x, y) @ V) < RTOL  # the eval-mode Hessian
+    m.train()
+    out_train = HessianOperator(m, lf, (x, y), train_mode=True) @ V
+    assert torch.equal(m.norms["1"].running_mean, stats) and m.norms["1"].track_running_stats
+    m.norms["1"].track_running_stats = False  # batch statistics without touching the running ones
+    H_train = exact_hessian(m, lf, x, y)
+    m.norms["1"].track_running_stats = True
+    assert rel(out_train, H_train @ V) < RTOL
+
+
+def test_bad_inputs():
+    m = small_mlp()
+    x, y = data()
+    lf = nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match="leading"):
+        HessianOperator(m, lf, (x, y[:5]))
+    with pytest.raises(ValueError, match="batch 1"):
+        HessianOperator(m, lf, [(x, y), (x[:3], y[:4])]) @ torch.zeros(sum(p.numel() for p in m.parameters()), 1,
+                                                                     dtype=F64)
+    frozen = small_mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        HessianOperator(frozen, lf, (x, y))
+    with pytest.raises(ValueError, match="not a parameter name"):
+        HessianOperator(m, lf, (x, y), params=["nope"])
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        HessianOperator(m, lf, iter([(x, y)]))
+    with pytest.raises(ValueError, match="backend"):
+        HessianOperator(m, lf, (x, y), backend="cuda")
+    op = HessianOperator(m, lf, (x, y))
+    with pytest.raises(ValueError, match="shape"):
+        op @ torch.zeros(3, 1, dtype=F64)
+    for backend in ("fused", "generic"):
+        bad = x.clone()
+        bad[2, 1] = float("nan")
+        with pytest.raises(ValueError, match="not finite"):
+            HessianOperator(m, lf, (bad, y), backend=backend) @ torch.ones(op.shape[0], 1, dtype=F64)
