@@ -247,20 +247,21 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _heuristic(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tuple:
-    """GPU tile for an output of [rows, cols]: 64x64 (32x32 for fp64), halved while it gives fewer
-    programs than SMs, since these layers are small and latency-bound."""
+def _heuristic(kind: str, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """GPU config for an output tile grid of [rows, cols]: 64x64 tiles (32x32 for fp64); for fwd/dx they
+    are halved while there are fewer programs than SMs (these layers are small and latency-bound); dW keeps
+    its tile and gets parallelism from the batch split instead (see _dw_split)."""
     if dtype == torch.float64:
-        tr, tc, red, warps, stages = 32, 32, 16, 4, 2
+        tr, tc, red, stages = 32, 32, 16, 2
     else:
-        tr, tc, red, warps, stages = 64, 64, (64 if dtype in (torch.float16, torch.bfloat16) else 32), 4, 3
+        tr, tc, red, stages = 64, 64, (64 if dtype in (torch.float16, torch.bfloat16) else 32), 3
     sms = _num_sms(device)
-    while triton.cdiv(rows, tr) * triton.cdiv(cols, tc) < sms and max(tr, tc) > 16:
+    while kind != "dw" and triton.cdiv(rows, tr) * triton.cdiv(cols, tc) < sms and max(tr, tc) > 16:
         if tr >= tc:
             tr //= 2
         else:
             tc //= 2
-    return tr, tc, red, warps, stages
+    return tr, tc, red, (4 if tr * tc >= 1024 else 2), stages
 
 
 def _launch(kind: str, grid_dims: tuple, args: tuple, consts: dict, dtype: torch.dtype,
@@ -292,7 +293,7 @@ def _launch(kind: str, grid_dims: tuple, args: tuple, consts: dict, dtype: torch
     elif INTERPRET:
         tile, warps, stages, how = _INTERPRET_TILE, 4, 1, "interpreter"
     else:
-        *tile, warps, stages = _heuristic(rows, cols, dtype, device)
+        *tile, warps, stages = _heuristic(kind, rows, cols, dtype, device)
         how = "heuristic"
     meta = dict(zip(names, tile))
     _log_once((kind, how, dtype, tuple(tile)), "triton skip_linear %s: %s config %s, %s", kind, how, meta, dtype)
@@ -380,12 +381,13 @@ def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return y, z
 
 
-def _dw_split(m: int, tiles: int, device: torch.device) -> int:
-    """Batch splits for dW/db: enough programs to fill the GPU, at least 128 rows each; 1 in the interpreter."""
+def _dw_split(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Batch slices for dW/db: about two programs per SM, each slice at least 128 rows; 1 in the interpreter."""
     if INTERPRET:
         return 1
-    target = 2 * _num_sms(device)
-    return max(1, min(target // max(tiles, 1), m // 128, 64))
+    tr, tc = _heuristic("dw", n, k, dtype, device)[:2]
+    tiles = triton.cdiv(n, tr) * triton.cdiv(max(k, 1), tc)
+    return max(1, min(2 * _num_sms(device) // tiles, m // 128, 64))
 
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
@@ -423,7 +425,7 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     if n == 0 or (k == 0 and not has_bias):
         return dx, dw, db
     if split is None:
-        split = _dw_split(m, triton.cdiv(n, 64) * triton.cdiv(max(k, 1), 64), dev)
+        split = _dw_split(m, n, k, dtype, dev)
     if not isinstance(split, int) or split < 1:
         raise ValueError(f"split must be a positive int, got {split!r}")
     kk = max(k, 1)  # k == 0 with a bias: the grid keeps one column of fully masked tiles to compute db

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment name, or 'all'")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe setting, e.g. --set epochs=50 --set width=128 (repeatable)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="training runs at once, in worker processes; 0 = auto: one per CPU core (at most 4) on "
+                        "CPU, 1 on CUDA")
     _common(p, "skipkern_results")
 
     p = sub.add_parser("train", help="train one SkipMLP (checkpoint.pt, metrics.jsonl, metrics.csv)",
@@ -208,11 +211,20 @@ def ensure_writable(path: os.PathLike) -> Path:
     return p
 
 
+def _jobs(args) -> int:
+    jobs = getattr(args, "jobs", 1)
+    if jobs < 0:
+        raise CLIError(f"--jobs must be >= 0, got {jobs}")
+    if jobs == 0:
+        jobs = 1 if args.device.startswith("cuda") else max(1, min(4, os.cpu_count() or 1))
+    return jobs
+
+
 def _context(args, mode: str):
     from skipkern.experiments import Context
     return Context(out=Path(args.out), device=args.device, backend=args.backend, data=args.data,
                    data_dir=args.data_dir, seeds=parse_seeds(args.seeds), mode=mode,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, jobs=_jobs(args))
 
 
 def check_data(ctx, n_train, n_test) -> None:
@@ -246,7 +258,20 @@ def cmd_repro(args) -> int:
         cfg = deep[0].config(mode, {k: v for k, v in overrides.items() if k in deep[0].configs[mode]})
         check_data(ctx, cfg["n_train"], cfg["n_test"])
     print(f"skipkern repro {args.experiment} ({mode}) -> {ctx.out}  [device {ctx.device}, backend {ctx.backend}, "
-          f"data {ctx.data}]", file=sys.stderr)
+          f"data {ctx.data}, {ctx.jobs} worker(s)]", file=sys.stderr)
+    try:
+        timings, failed, total = _run_recipes(args, ctx, recipes, mode, overrides)
+    finally:
+        ctx.close()
+    report = write_report(ctx.out, timings=timings, command="skipkern " + " ".join(sys.argv[1:]), total_s=total,
+                          failed=failed)
+    print(f"report: {report}  (total {total / 60:.1f} min)")
+    if failed:
+        raise CLIError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (details in {report})")
+    return 0
+
+
+def _run_recipes(args, ctx, recipes, mode: str, overrides: dict):
     timings, failed = {}, {}
     t_all = time.perf_counter()
     for i, r in enumerate(recipes, 1):
@@ -266,13 +291,7 @@ def cmd_repro(args) -> int:
         for f in res["findings"]:
             tag = f"result {f['result']}" if f["result"] else "simplified model"
             print(f"  {tag}: {f['verdict']}  ({timings[r.name]:.0f} s)", file=sys.stderr)
-    total = time.perf_counter() - t_all
-    report = write_report(ctx.out, timings=timings, command="skipkern " + " ".join(sys.argv[1:]), total_s=total,
-                          failed=failed)
-    print(f"report: {report}  (total {total / 60:.1f} min)")
-    if failed:
-        raise CLIError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (details in {report})")
-    return 0
+    return timings, failed, time.perf_counter() - t_all
 
 
 def _load_checkpoint(args):

@@ -35,20 +35,23 @@ def hidden_biases(model: nn.Module) -> list:
     return biases
 
 
-class BiasReg:
+class BiasReg(nn.Module):
     """penalty(model) = lam * sum_l sum_a (b_{l,a} - beta_{l,a})^2 over hidden biases.
 
     Args:
         model: the network whose hidden biases (see ``hidden_biases``) fix the shapes of beta.
         mu, sigma: beta_{l,a} ~ N(mu, sigma^2), drawn once (float64, torch.Generator seeded with
-            ``seed``) and kept fixed; mu = sigma = 0 is BiasL2Reg.
+            ``seed``) and kept fixed as buffers ``beta_0``, ``beta_1``, ... (float64; ``.to(device)``
+            moves them); mu = sigma = 0 is BiasL2Reg.
         lam: penalty weight (>= 0).
 
     Calling ``reg(model)`` (or ``reg()`` for the model given at construction) returns a scalar tensor
-    on the biases' device and dtype, differentiable with respect to the biases.
+    on the biases' device and dtype, differentiable with respect to the biases. The model is not a
+    submodule: ``reg.parameters()`` is empty and ``reg.state_dict()`` holds only the targets.
     """
 
     def __init__(self, model: nn.Module, mu: float = 0.0, sigma: float = 0.0, lam: float = 1e-3, seed: int = 0):
+        super().__init__()
         if not (isinstance(lam, (int, float)) and lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if not (isinstance(sigma, (int, float)) and sigma >= 0 and math.isfinite(sigma)):
@@ -56,47 +59,38 @@ class BiasReg:
         if not (isinstance(mu, (int, float)) and math.isfinite(mu)):
             raise ValueError(f"mu must be a finite number, got {mu!r}")
         self.mu, self.sigma, self.lam, self.seed = float(mu), float(sigma), float(lam), int(seed)
-        shapes = [b.shape for b in hidden_biases(model)]
-        g = torch.Generator().manual_seed(self.seed)
-        self.betas = [self.mu + self.sigma * torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-        self._model_ref = [model]  # a list so that no nn.Module attribute registration can happen
-        self._cache: dict = {}
-
-    def __call__(self, model: Optional[nn.Module] = None) -> torch.Tensor:
-        model = self._model_ref[0] if model is None else model
         biases = hidden_biases(model)
-        if [b.shape for b in biases] != [t.shape for t in self.betas]:
+        g = torch.Generator().manual_seed(self.seed)
+        for i, b in enumerate(biases):
+            beta = self.mu + self.sigma * torch.randn(b.shape, generator=g, dtype=torch.float64)
+            self.register_buffer(f"beta_{i}", beta.to(b.device))
+        self.num_layers = len(biases)
+        object.__setattr__(self, "_model", model)  # plain attribute: not registered as a submodule
+
+    @property
+    def betas(self) -> list:
+        """The fixed targets, one [width_l] float64 tensor per hidden layer."""
+        return [getattr(self, f"beta_{i}") for i in range(self.num_layers)]
+
+    def forward(self, model: Optional[nn.Module] = None) -> torch.Tensor:
+        model = self._model if model is None else model
+        biases = hidden_biases(model)
+        betas = self.betas
+        if [b.shape for b in biases] != [t.shape for t in betas]:
             raise ValueError(f"model's hidden biases have shapes {[tuple(b.shape) for b in biases]}, but this "
-                             f"BiasReg was built for {[tuple(t.shape) for t in self.betas]}")
+                             f"BiasReg was built for {[tuple(t.shape) for t in betas]}")
         total = None
-        for b, beta in zip(biases, self._targets(biases)):
-            term = ((b - beta) ** 2).sum()
+        for b, beta in zip(biases, betas):
+            term = ((b - beta.to(device=b.device, dtype=b.dtype)) ** 2).sum()
             total = term if total is None else total + term
         return self.lam * total
-
-    def _targets(self, biases: list) -> list:
-        key = (biases[0].device, biases[0].dtype)
-        if key not in self._cache:  # move the fixed targets once per device/dtype
-            self._cache = {key: [t.to(device=key[0], dtype=key[1]) for t in self.betas]}
-        return self._cache[key]
 
     def config(self) -> dict:
         """JSON-friendly description (enough to rebuild it for the same model)."""
         return {"type": type(self).__name__, "mu": self.mu, "sigma": self.sigma, "lam": self.lam, "seed": self.seed}
 
-    def state_dict(self) -> dict:
-        return {"config": self.config(), "betas": [t.clone() for t in self.betas]}
-
-    def load_state_dict(self, state: dict) -> None:
-        betas = state["betas"]
-        if [tuple(t.shape) for t in betas] != [tuple(t.shape) for t in self.betas]:
-            raise ValueError(f"BiasReg state has beta shapes {[tuple(t.shape) for t in betas]}, expected "
-                             f"{[tuple(t.shape) for t in self.betas]}")
-        self.betas = [t.to(torch.float64).clone() for t in betas]
-        self._cache = {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mu={self.mu}, sigma={self.sigma}, lam={self.lam}, seed={self.seed})"
+    def extra_repr(self) -> str:
+        return f"mu={self.mu}, sigma={self.sigma}, lam={self.lam}, seed={self.seed}, layers={self.num_layers}"
 
 
 class BiasL2Reg(BiasReg):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skipkern.data.base import Dataset
-from skipkern.diagnostics import diagnose, json_safe, weighted_layers
+from skipkern.diagnostics import diagnose, from_json_safe, json_safe, weighted_layers
 from skipkern.nn.skip_mlp import SkipMLP
 
 logger = logging.getLogger("skipkern.train")
@@ -37,7 +37,7 @@ __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "model_config", "b
            "read_metrics", "spectrum_fractions"]
 
 # Config fields that change the optimisation trajectory: a resumed run must agree on them.
-RESUME_KEYS = ("batch_size", "lr", "seed", "regularizer", "max_steps")
+RESUME_KEYS = ("batch_size", "lr", "seed", "regularizer")
 
 
 @dataclass
@@ -361,8 +361,6 @@ def read_metrics(path: Union[str, os.PathLike]) -> list:
     """The records of a metrics.jsonl (or of the run folder holding one), inf/nan restored."""
     import json
 
-    from skipkern.diagnostics import from_json_safe
-
     p = Path(path)
     if p.is_dir():
         p = p / METRICS_JSONL
@@ -428,6 +426,8 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
         data = data.to(device)
     loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
     reg = config.regularizer
+    if isinstance(reg, nn.Module):
+        reg.to(device)  # fixed targets (BiasReg buffers) live next to the biases
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     gen = torch.Generator().manual_seed(int(config.seed))
     mcfg = model_kwargs if model_kwargs is not None else model_config(model)
@@ -458,7 +458,8 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             gen.set_state(ckpt["rng"]["shuffle"].cpu())
             if ckpt.get("regularizer_state") is not None and hasattr(reg, "load_state_dict"):
                 reg.load_state_dict(ckpt["regularizer_state"])
-            history, epoch0, step = list(ckpt["history"]), int(ckpt["epoch"]), int(ckpt["step"])
+            history = [from_json_safe(r) for r in ckpt["history"]]  # stored strict-JSON style
+            epoch0, step = int(ckpt["epoch"]), int(ckpt["step"])
             logger.info("resuming from %s at epoch %d (step %d)", ckpt_path, epoch0, step)
         elif ckpt_path.exists():
             logger.info("resume=False: starting over, %s will be overwritten", ckpt_path)
@@ -468,15 +469,15 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
 
     def measure(epoch: int, rec: dict, force_eval: bool) -> None:
         if force_eval or epoch % config.eval_every == 0:
-            rec["train_loss"], rec["train_acc"] = evaluate(model, _take(data.x_train, idx_eval),
-                                                           _take(data.y_train, idx_eval), config.eval_batch_size, loss_fn)
+            xe, ye = _take(data.x_train, idx_eval), _take(data.y_train, idx_eval)
+            rec["train_loss"], rec["train_acc"] = evaluate(model, xe, ye, config.eval_batch_size, loss_fn)
             if data.n_test:
                 rec["test_loss"], rec["test_acc"] = evaluate(model, data.x_test, data.y_test,
                                                              config.eval_batch_size, loss_fn)
         if config.diagnostics_every and epoch % config.diagnostics_every == 0:
             t0 = time.perf_counter()
             res = diagnose(model, _take(data.x_train, idx_diag), _take(data.y_train, idx_diag), loss_fn)
-            rec["diagnostics"] = {k: v.to_dict(json_safe_values=True) for k, v in res.items()}
+            rec["diagnostics"] = {k: v.to_dict() for k, v in res.items()}
             rec["diagnostics_time"] = time.perf_counter() - t0
         if epoch in config.spectrum_at:
             save = out / "spectra" / f"epoch_{epoch:04d}.json" if out is not None else None

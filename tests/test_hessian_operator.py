@@ -15,8 +15,11 @@ F64 = torch.float64
 RTOL = 1e-10  # float64 products: only summation order differs from the exact Hessian
 
 
-def exact_hessian(model, loss_fn, x, y, names=None):
-    """Dense float64 Hessian of loss_fn(model(x), y) w.r.t. the named parameters (flat, in order)."""
+def exact_hessian(model, loss_fn, x, y, names=None, vectorize=True):
+    """Dense float64 Hessian of loss_fn(model(x), y) w.r.t. the named parameters (flat, in order).
+
+    vectorize=True runs the reverse-over-reverse rows under vmap (SkipLinear then runs its plain-torch
+    composite); vectorize=False loops over rows through the custom ops' double backward (slower)."""
     named = dict(model.named_parameters())
     names = names or [n for n, p in model.named_parameters() if p.requires_grad]
     shapes = [named[n].shape for n in names]
@@ -27,7 +30,7 @@ def exact_hessian(model, loss_fn, x, y, names=None):
         d = {n: t.view(s) for n, t, s in zip(names, torch.split(v, sizes), shapes)}
         return loss_fn(torch.func.functional_call(model, d, (x,)), y)
 
-    return torch.autograd.functional.hessian(f, flat)
+    return torch.autograd.functional.hessian(f, flat, vectorize=vectorize)
 
 
 def rel(a, b):
@@ -144,7 +147,7 @@ def test_ragged_batches_weighted_by_size(backend):
     m = small_mlp("plain", "relu")
     x, y = data(n=13)
     lf = nn.CrossEntropyLoss()
-    H = exact_hessian(m, lf, x, y)  # mean over all 13 rows
+    H = exact_hessian(m, lf, x, y, vectorize=False)  # mean over all 13 rows, through the custom ops
     V = torch.randn(H.shape[0], 2, dtype=F64)
     batches = [(x[:5], y[:5]), (x[5:10], y[5:10]), (x[10:], y[10:])]  # ragged last batch of 3
     assert rel(HessianOperator(m, lf, batches, backend=backend) @ V, H @ V) < RTOL

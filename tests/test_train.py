@@ -4,7 +4,6 @@ spectra plumbing, and the direction of result 1 (residual above plain) on a smal
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +14,16 @@ from skipkern.data import load_dataset
 from skipkern.nn import SkipMLP
 from skipkern.regularizers import BiasL2Reg, BiasReg, random_search_space, sample_biasreg_params
 from skipkern.train import TrainConfig, evaluate, load_checkpoint, read_metrics, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one intra-op thread is faster than two, and far faster when the two cores
+    are shared with other jobs (OpenMP threads then wait on each other at every op)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +68,11 @@ def test_same_seed_same_history(data):
 
 def test_resume_equals_straight_run(data, tmp_path):
     straight_model = _model()
-    straight = train(straight_model, data, _cfg(epochs=4), out_dir=tmp_path / "straight")
-    first = train(_model(), data, _cfg(epochs=2), out_dir=tmp_path / "resumed")
+    straight = train(straight_model, data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "straight")
+    first = train(_model(), data, _cfg(epochs=2, diagnostics_every=2), out_dir=tmp_path / "resumed")
     assert len(first.history) == 3
     resumed_model = _model(seed=99)  # different initial weights: all state must come from the checkpoint
-    resumed = train(resumed_model, data, _cfg(epochs=4), out_dir=tmp_path / "resumed")
+    resumed = train(resumed_model, data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "resumed")
     assert _strip_times(resumed.history) == _strip_times(straight.history)
     for p, q in zip(straight_model.parameters(), resumed_model.parameters()):
         assert torch.equal(p, q)
@@ -132,6 +141,8 @@ def test_biasreg_penalty_matches_manual():
     pen = reg(m)
     assert pen.dim() == 0 and float(pen) == pytest.approx(float(manual), rel=1e-6)
     assert float(reg()) == float(pen)  # the model given at construction
+    assert set(reg.state_dict()) == {"beta_0", "beta_1", "beta_2"} and not list(reg.parameters())
+    assert torch.equal(BiasReg(m, mu=0.3, sigma=0.7, lam=0.05, seed=5).beta_2, reg.beta_2)  # fixed by seed
     pen.backward()
     assert m.output_layer.bias.grad is None and m.layers[0].weight.grad is None  # hidden biases only
     torch.testing.assert_close(m.layers[1].bias.grad.double(), 0.1 * (m.layers[1].bias.double() - betas[1]))

@@ -31,9 +31,9 @@ def device(ks):
     return "cpu" if ks.INTERPRET else "cuda"
 
 
-def _inputs(b, k, n, skip, dtype, device, bias=True, scale=True):
+def _inputs(b, k, n, skip, dtype, device, bias=True):
     """x [B, K], W [N, K], b [N]?, Q [N, K]?, grad_y [B, N]; weights scaled by 1/sqrt(K) to keep z O(1)."""
-    s = 1.0 / max(k, 1) ** 0.5 if scale else 1.0
+    s = 1.0 / max(k, 1) ** 0.5
     x = torch.randn(b, k, dtype=torch.float64)
     w = torch.randn(n, k, dtype=torch.float64) * s
     bb = torch.randn(n, dtype=torch.float64) if bias else None
@@ -87,11 +87,11 @@ def test_float32(ks, device, act, skip):
 
 @pytest.mark.parametrize("act,skip", list(itertools.product(("relu", "gelu"), SKIPS)))
 def test_multi_tile_and_split_reduction(ks, device, act, skip):
-    """16-wide blocks: several programs per grid axis, several trips of every reduction loop, and the dW/db
-    batch reduction split over 3 slices (the GPU path for wide batches)."""
+    """Small unequal blocks (tile 16 x 32, reduction 16): several programs per grid axis, several trips of
+    every reduction loop, and the dW/db batch reduction split over 3 slices (the GPU path for big batches)."""
     b, k, n = (37, 33, 33) if skip == "identity" else (37, 33, 20)
     x, w, bb, q, g = _inputs(b, k, n, skip, torch.float64, device)
-    _check_layer(ks, x, w, bb, q, g, skip, act, torch.float64, blocks=(16, 16, 16), split=3)
+    _check_layer(ks, x, w, bb, q, g, skip, act, torch.float64, blocks=(16, 32, 16), split=3)
 
 
 @pytest.mark.parametrize("skip", ["identity", "dense"])
@@ -104,7 +104,7 @@ def test_non_contiguous_strides(ks, device, skip):
     q = torch.randn(k, n, dtype=torch.float64, device=device).t() if skip == "dense" else None
     g = torch.randn(n, b, dtype=torch.float64, device=device).t()
     assert not any(t.is_contiguous() for t in (x, w, bias, g))
-    _check_layer(ks, x, w, bias, q, g, skip, "gelu", torch.float64, blocks=(16, 16, 16), split=2)
+    _check_layer(ks, x, w, bias, q, g, skip, "gelu", torch.float64, blocks=(32, 16, 16), split=2)
     z = torch.randn(n, b, dtype=torch.float64, device=device).t()  # a strided z for the backward
     out = ks.skip_linear_bwd(g, x, w, z, q, skip, "tanh", True)
     ref = skip_linear_bwd_ref(g, x, w, z, q, skip, "tanh", True)
@@ -185,6 +185,24 @@ def test_available_and_supports(ks, device):
         assert not tb.supports("skip_linear", "cuda", torch.float32, good)[0]  # interpreter: no GPU tensors
     else:
         assert tb.supports("skip_linear", "cuda", torch.bfloat16, good)[0]
+
+
+def test_gpu_launch_plan(ks, monkeypatch):
+    """The GPU config logic (pure Python, unreachable without a GPU) on an H100-sized device (132 SMs)."""
+    monkeypatch.setattr(ks, "INTERPRET", False)
+    monkeypatch.setattr(ks, "_num_sms", lambda device: 132)
+    dev = torch.device("cuda")
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        for b, width in ((500, 128), (4096, 512), (1, 1)):
+            tr, tc, red, warps, stages = ks._heuristic("fwd", b, width, dtype, dev)
+            assert min(tr, tc, red) >= 16 and warps in (2, 4)  # tl.dot needs every block dim >= 16
+            assert (b // tr + 1) * (width // tc + 1) >= 132 or (tr, tc) == (16, 16)
+        assert ks._heuristic("dw", 128, 128, dtype, dev)[:2] == ((32, 32) if dtype == torch.float64 else (64, 64))
+    assert ks._dw_split(4096, 128, 128, torch.float32, dev) == 32  # 4 tiles x 32 slices of 128 rows
+    assert ks._dw_split(500, 128, 128, torch.float32, dev) == 3
+    assert ks._dw_split(100, 512, 512, torch.float32, dev) == 1
+    for tune in (ks._TUNE, ks._TUNE_FP64):
+        assert all(min(c[:3]) >= 16 for c in tune)
 
 
 def test_tf32_only_on_request(ks, monkeypatch):

@@ -45,6 +45,7 @@ class Context:
         seeds: overrides every recipe's seed list when given.
         mode: "quick", "full" or "tiny" (the recipe configuration to use).
         progress: show tqdm progress bars.
+        jobs: training runs trained at once in worker processes (1: in this process).
     Hessian spectra use skipkern.hessian's automatic HVP backend (the fused R-op for SkipMLP).
     """
 
@@ -56,12 +57,22 @@ class Context:
     seeds: Optional[list] = None
     mode: str = "quick"
     progress: bool = True
+    jobs: int = 1
     _datasets: dict = field(default_factory=dict, repr=False)
+    _pool: Any = field(default=None, repr=False)
+    _ticks: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.mode not in ("quick", "full", "tiny"):
             raise ValueError(f"mode must be 'quick', 'full' or 'tiny', got {self.mode!r}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be a positive int, got {self.jobs!r}")
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        from skipkern.experiments.parallel import shutdown
+        shutdown(self)
 
     def exp_dir(self, name: str) -> Path:
         d = self.out / name
@@ -89,7 +100,7 @@ class Context:
     def describe(self) -> dict:
         return {"out": str(self.out), "device": self.device, "backend": self.backend, "data": self.data,
                 "data_dir": self.data_dir, "seeds": self.seeds, "mode": self.mode, "torch": torch.__version__,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "jobs": self.jobs}
 
 
 # ------------------------------------------------------------------------------------------ files

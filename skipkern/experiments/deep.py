@@ -25,24 +25,36 @@ def seeds_of(ctx: Context, cfg: dict) -> list:
 
 
 def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec]]) -> dict:
-    """Train every spec (conditions x seeds) with one tqdm bar counting epochs; cached runs are
-    counted at once. Returns {condition: [record per seed]}."""
-    total = sum(s.epochs for ss in specs.values() for s in ss)
-    out: dict = {c: [] for c in specs}
+    """Train every spec (conditions x seeds) with one tqdm bar counting epochs (cached runs count at
+    once); in ``ctx.jobs`` worker processes when jobs > 1. Returns {condition: [record per seed]}."""
+    flat = [(c, s) for c, ss in specs.items() for s in ss]
+    total = sum(s.epochs for _, s in flat)
+    done = [0] * len(flat)
+    finished = [False] * len(flat)
     with tqdm(total=total, desc=name, unit="epoch", disable=not ctx.progress, dynamic_ncols=True) as bar:
-        for cond, ss in specs.items():
-            for spec in ss:
-                bar.set_postfix_str(f"{cond} seed {spec.seed}")
-                done = [0]
 
-                def on_epoch(rec: dict, done=done) -> None:
-                    if rec.get("epoch", 0) > 0:
-                        done[0] += 1
-                        bar.update(1)
+        def tick(i: int) -> None:
+            if not finished[i] and done[i] < flat[i][1].epochs:
+                done[i] += 1
+                bar.update(1)
 
-                rec = train_run(spec, ctx, on_epoch)
-                bar.update(max(spec.epochs - done[0], 0))
-                out[cond].append(rec)
+        def finish(i: int, rec: dict) -> None:
+            finished[i] = True
+            bar.update(max(flat[i][1].epochs - done[i], 0))
+            bar.set_postfix_str(f"{flat[i][0]} seed {flat[i][1].seed} done")
+
+        if ctx.jobs > 1 and len(flat) > 1:
+            from skipkern.experiments.parallel import run_specs
+            recs = run_specs(ctx, [s for _, s in flat], tick, finish)
+        else:
+            recs = []
+            for i, (c, s) in enumerate(flat):
+                bar.set_postfix_str(f"{c} seed {s.seed}")
+                recs.append(train_run(s, ctx, lambda rec, i=i: tick(i) if rec.get("epoch", 0) > 0 else None))
+                finish(i, recs[-1])
+    out: dict = {c: [] for c in specs}
+    for (c, _), r in zip(flat, recs):
+        out[c].append(r)
     return out
 
 
