@@ -126,19 +126,75 @@ inline Scratch& thread_scratch() {
 }
 
 // --------------------------------------------------------------------------------------- packing
+// Transposes a square block of Vec<T>::size x Vec<T>::size elements: dst[c * ldd + r] = src[r * lds + c].
+#if defined(__AVX512F__)
+SK_INLINE void transpose_block(const float* src, long lds, float* dst, long ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; ++i) {  // 32-bit interleave of row pairs, within 128-bit lanes
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // 64-bit interleave: u[4g + c], lane L = column 4L + c of rows 4g..4g+3
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    r[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int c = 0; c < 4; ++c) {  // gather lane L of the four row groups: column 4L + c
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    _mm512_storeu_ps(dst + (0 + c) * ldd, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+    _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+  }
+}
+
+SK_INLINE void transpose_block(const double* src, long lds, double* dst, long ldd) {
+  __m512d r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src + i * lds);
+  for (int i = 0; i < 4; ++i) {  // t[2i]: lanes = columns 0,2,4,6 of rows 2i, 2i+1; t[2i+1]: 1,3,5,7
+    t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
+  }
+  for (int o = 0; o < 2; ++o) {  // o = 0: even columns, 1: odd columns
+    const __m512d v0 = _mm512_shuffle_f64x2(t[o], t[2 + o], 0x88), v1 = _mm512_shuffle_f64x2(t[o], t[2 + o], 0xDD);
+    const __m512d w0 = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0x88);
+    const __m512d w1 = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0xDD);
+    _mm512_storeu_pd(dst + (0 + o) * ldd, _mm512_shuffle_f64x2(v0, w0, 0x88));
+    _mm512_storeu_pd(dst + (4 + o) * ldd, _mm512_shuffle_f64x2(v0, w0, 0xDD));
+    _mm512_storeu_pd(dst + (2 + o) * ldd, _mm512_shuffle_f64x2(v1, w1, 0x88));
+    _mm512_storeu_pd(dst + (6 + o) * ldd, _mm512_shuffle_f64x2(v1, w1, 0xDD));
+  }
+}
+#else
+template <typename T>
+SK_INLINE void transpose_block(const T* src, long lds, T* dst, long ldd) {
+  constexpr int V = Vec<T>::size;
+  for (int r = 0; r < V; ++r)
+    for (int c = 0; c < V; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
 // Panel j of B = M^T for a row-major M [rows_m, cols_m] (B(p, c) = M[c, p]): dst[p * NR + r] =
 // M[j*NR + r, p] for p < cols_m, zero where j*NR + r >= rows_m. Used for W^T and Q^T in the forward.
+// Full square blocks are transposed in registers; the ragged edges element by element.
 template <typename T>
 void pack_panel_transposed(const T* m, long rows_m, long cols_m, long j, T* dst) {
-  constexpr int NR = kNR<T>;
-  for (int r = 0; r < NR; ++r) {
-    const long c = j * NR + r;
-    if (c < rows_m) {
-      const T* src = m + c * cols_m;
-      for (long p = 0; p < cols_m; ++p) dst[p * NR + r] = src[p];
-    } else {
-      for (long p = 0; p < cols_m; ++p) dst[p * NR + r] = T(0);
-    }
+  constexpr int NR = kNR<T>, V = Vec<T>::size;
+  const long c0 = j * NR;
+  const int nc = static_cast<int>(std::min<long>(NR, rows_m - c0));
+  const long p_full = cols_m / V * V;
+  int r0 = 0;
+  for (; r0 + V <= nc; r0 += V)
+    for (long p = 0; p < p_full; p += V) transpose_block(m + (c0 + r0) * cols_m + p, cols_m, dst + p * NR + r0, NR);
+  for (long p = 0; p < cols_m; ++p) {  // the rest: rows past the full blocks, columns past p_full
+    T* d = dst + p * NR;
+    for (int r = p < p_full ? r0 : 0; r < NR; ++r) d[r] = r < nc ? m[(c0 + r) * cols_m + p] : T(0);
   }
 }
 

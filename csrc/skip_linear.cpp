@@ -63,6 +63,9 @@ void fwd_impl(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, lon
   const int nt = threads_for(double(M) * N * K * (DUAL ? 2 : 1));
   T* tails = ws.get<T>(2, static_cast<std::size_t>(nt) * MR * K);
 
+  // Row chunk: MC rows of x (~192 KiB) stay in L2 while every W^T panel streams past them once.
+  const long mc = std::clamp<long>((192 << 10) / (std::max<long>(K, 1) * long(sizeof(T))) / MR * MR, MR, 512);
+
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), team = omp_get_num_threads();
@@ -70,35 +73,49 @@ void fwd_impl(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, lon
       pack_panel_transposed(w, N, K, j, wp + j * K * NR);
       if (DUAL) pack_panel_transposed(q, N, K, j, qp + j * K * NR);
     }
+    // Work split: rows in whole MR blocks; a batch too small to share out splits the panels instead.
+    long m_begin = 0, m_end = M, j_begin = 0, j_end = np;
+    if (ceil_div(M, MR) >= team) {
+      row_range(M, t, team, MR, &m_begin, &m_end);
+    } else {
+      const long per = ceil_div(np, team);
+      j_begin = std::min(np, t * per);
+      j_end = std::min(np, j_begin + per);
+    }
+    T* tail = tails + t * MR * K;
 #pragma omp barrier
-    long m_begin, m_end;
-    row_range(M, t, team, MR, &m_begin, &m_end);
-    for (long m0 = m_begin; m0 < m_end; m0 += MR) {
-      const int mr = static_cast<int>(std::min<long>(MR, m_end - m0));
-      const T* a = mr == MR ? x + m0 * K : pad_rows(x + m0 * K, K, mr, MR, K, tails + t * MR * K);
-      for (long j = 0; j < np; ++j) {
-        R c[MR][NV], s[MR][NV];
-        zero_tile<T, MR, NV>(c);
-        if (DUAL) zero_tile<T, MR, NV>(s);
-        micro_kernel<T, MR, NV, false, DUAL>(c, s, a, K, wp + j * K * NR, DUAL ? qp + j * K * NR : nullptr, K);
-        // Fused epilogue: z = acc + b; y = act(z) + S(x).
+    for (long c0 = m_begin; c0 < m_end; c0 += mc) {
+      const long c1 = std::min(m_end, c0 + mc);
+      const long last = c0 + (c1 - c0 - 1) / MR * MR;  // first row of the chunk's last MR block
+      const int last_mr = static_cast<int>(c1 - last);
+      if (last_mr < MR) pad_rows(x + last * K, K, last_mr, MR, K, tail);
+      for (long j = j_begin; j < j_end; ++j) {
         const long n0 = j * NR;
+        for (long m0 = c0; m0 < c1; m0 += MR) {
+          const int mr = static_cast<int>(std::min<long>(MR, c1 - m0));
+          R c[MR][NV], s[MR][NV];
+          zero_tile<T, MR, NV>(c);
+          if (DUAL) zero_tile<T, MR, NV>(s);
+          micro_kernel<T, MR, NV, false, DUAL>(c, s, mr == MR ? x + m0 * K : tail, K, wp + j * K * NR,
+                                               DUAL ? qp + j * K * NR : nullptr, K);
+          // Fused epilogue: z = acc + b; y = act(z) + S(x).
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-          if (i >= mr) break;
-          const long row = m0 + i;
+          for (int i = 0; i < MR; ++i) {
+            if (i >= mr) break;
+            const long row = m0 + i;
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) {
-            const int n = lanes_in<T>(n0, v, N);
-            if (n <= 0) break;
-            const long col = n0 + v * V::size;
-            R zz = c[i][v];
-            if (bias) zz = V::add(zz, load_lanes(bias + col, n));
-            store_lanes(z + row * N + col, zz, n);
-            R yy = act_vec<T>(zz, act);
-            if (skip == Skip::kIdentity) yy = V::add(yy, load_lanes(x + row * K + col, n));
-            if (DUAL) yy = V::add(yy, s[i][v]);
-            store_lanes(y + row * N + col, yy, n);
+            for (int v = 0; v < NV; ++v) {
+              const int n = lanes_in<T>(n0, v, N);
+              if (n <= 0) break;
+              const long col = n0 + v * V::size;
+              R zz = c[i][v];
+              if (bias) zz = V::add(zz, load_lanes(bias + col, n));
+              store_lanes(z + row * N + col, zz, n);
+              R yy = act_vec<T>(zz, act);
+              if (skip == Skip::kIdentity) yy = V::add(yy, load_lanes(x + row * K + col, n));
+              if (DUAL) yy = V::add(yy, s[i][v]);
+              store_lanes(y + row * N + col, yy, n);
+            }
           }
         }
       }
@@ -173,18 +190,20 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
         }
         for (long n = N; n < ldg; ++n) g[n] = T(0);
       }
-      // 2) dx = gz W (+ g | + g Q) for the chunk's rows.
-      for (long mb = 0; mb < rows; mb += MR) {
-        const int mr = static_cast<int>(std::min<long>(MR, rows - mb));
-        const long row0 = c0 + mb;
-        const T* g2 = nullptr;
-        if (DENSE) g2 = mr == MR ? gy + row0 * N : pad_rows(gy + row0 * N, N, mr, MR, N, tail);
-        for (long j = 0; j < npk; ++j) {
+      // 2) dx = gz W (+ g | + g Q) for the chunk's rows; each W (Q) panel streams past the chunk once.
+      const long last = (rows - 1) / MR * MR;  // chunk-relative first row of the last MR block
+      if (DENSE && rows - last < MR) pad_rows(gy + (c0 + last) * N, N, int(rows - last), MR, N, tail);
+      for (long j = 0; j < npk; ++j) {
+        const long k0 = j * NR;
+        for (long mb = 0; mb < rows; mb += MR) {
+          const int mr = static_cast<int>(std::min<long>(MR, rows - mb));
+          const long row0 = c0 + mb;
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
           micro_kernel<T, MR, NV, false, false>(c, c, gzc + mb * ldg, ldg, wp + j * N * NR, nullptr, N);
-          if (DENSE) micro_kernel<T, MR, NV, false, false>(c, c, g2, N, qp + j * N * NR, nullptr, N);
-          const long k0 = j * NR;
+          if (DENSE)  // second stretch of the reduction: + g Q, into the same registers
+            micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? gy + row0 * N : tail, N, qp + j * N * NR,
+                                                  nullptr, N);
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
             if (i >= mr) break;

@@ -118,7 +118,9 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """history: one dict per epoch (epoch 0 = initial model); final: the last evaluated record;
-    path: the output folder (None without out_dir); config: ``TrainConfig.to_dict()``."""
+    path: the output folder (None without out_dir); config: ``TrainConfig.to_dict()``;
+    stopped_early: max_steps reached or the loss diverged; diverged: the loss became NaN/inf (the run
+    stops at that epoch, whose record has "diverged": True and no evaluation)."""
 
     history: list
     final: dict
@@ -126,6 +128,7 @@ class TrainResult:
     config: dict = field(default_factory=dict)
     model_config: Optional[dict] = None
     stopped_early: bool = False
+    diverged: bool = False
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -234,6 +237,16 @@ def spectrum_fractions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     return out
 
 
+def _grad_norms(params: list) -> torch.Tensor:
+    """[len(params)] float64 Frobenius norms of the gradients (0 for a missing gradient), with one fused
+    kernel (torch._foreach_norm, as clip_grad_norm_ uses) when every gradient is present."""
+    grads = [p.grad for p in params]
+    if all(g is not None for g in grads):
+        return torch.stack(torch._foreach_norm(grads)).to(torch.float64)
+    return torch.stack([torch.linalg.vector_norm(g).to(torch.float64) if g is not None
+                        else torch.zeros((), dtype=torch.float64, device=p.device) for g, p in zip(grads, params)])
+
+
 def _emit(sink, record: dict) -> None:
     if sink is None:
         keys = ("train_loss", "train_acc", "test_acc")
@@ -336,16 +349,25 @@ def _scalars(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def write_metrics(out_dir: Union[str, os.PathLike], history: list) -> None:
-    """Rewrite metrics.jsonl (full records) and metrics.csv (scalar fields) from ``history``."""
+def write_metrics(out_dir: Union[str, os.PathLike], history: list, append_last: bool = False) -> None:
+    """Write metrics.jsonl (full records) and metrics.csv (scalar fields) from ``history``.
+
+    append_last: only append the last record to metrics.jsonl (its earlier lines already match
+    ``history``); the records with per-layer diagnostics are large, so rewriting all of them every
+    epoch would cost time quadratic in the epochs. metrics.csv (scalars only) is always rewritten,
+    since a new record may bring new columns."""
     import csv
     import json
 
     out = Path(out_dir)
-    with open(out / (METRICS_JSONL + ".tmp"), "w") as f:
-        for rec in history:
-            f.write(json.dumps(json_safe(rec)) + "\n")
-    os.replace(out / (METRICS_JSONL + ".tmp"), out / METRICS_JSONL)
+    if append_last:
+        with open(out / METRICS_JSONL, "a") as f:
+            f.write(json.dumps(json_safe(history[-1])) + "\n")
+    else:
+        with open(out / (METRICS_JSONL + ".tmp"), "w") as f:
+            for rec in history:
+                f.write(json.dumps(json_safe(rec)) + "\n")
+        os.replace(out / (METRICS_JSONL + ".tmp"), out / METRICS_JSONL)
     rows = [_scalars(json_safe(rec)) for rec in history]
     cols: list = []
     for r in rows:
@@ -437,6 +459,9 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
     idx_spec = _fixed_subset(n, config.spectrum_samples, config.seed, 3)
     layer_names = [nm for nm, _ in weighted_layers(model)]
     grad_params = [(m._parameters.get("weight"), m._parameters.get("bias")) for _, m in weighted_layers(model)]
+    # flat list of the tracked tensors and their slot in the [layers, 2] (weight, bias) table
+    tracked = [(i, j, p) for i, pair in enumerate(grad_params) for j, p in enumerate(pair) if p is not None]
+    slots = torch.tensor([i * 2 + j for i, j, _ in tracked], dtype=torch.long, device=device)
 
     history: list = []
     epoch0, step = 0, 0
@@ -486,6 +511,8 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
                 num_probes=config.spectrum_probes, num_steps=config.spectrum_steps,
                 seed=int(config.seed) * 7919 + epoch, loss_fn=loss_fn, save_path=save)
 
+    synced = [False]  # metrics.jsonl matches history up to its last record (set after the first write)
+
     def persist(epoch: int, stopped: bool) -> None:
         if out is None:
             return
@@ -496,7 +523,9 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
                  "regularizer_state": reg.state_dict() if hasattr(reg, "state_dict") else None,
                  "stopped_early": stopped}
         _save_checkpoint(ckpt_path, state)
-        write_metrics(out, history)
+        # the first write of this call rewrites the file (dropping lines past a resumed checkpoint)
+        write_metrics(out, history, append_last=synced[0])
+        synced[0] = True
 
     if not history:
         rec0 = {"epoch": 0, "step": 0}
@@ -510,6 +539,8 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
     bar = tqdm(total=config.epochs, initial=min(epoch0, config.epochs), disable=not show, unit="epoch",
                desc=f"train {getattr(model, 'arch', type(model).__name__)}")
     stopped = config.max_steps is not None and step >= config.max_steps
+    diverged = bool(history and history[-1].get("diverged"))
+    stopped = stopped or diverged
     try:
         for epoch in range(epoch0 + 1, config.epochs + 1):
             if stopped:
@@ -519,7 +550,7 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             perm = torch.randperm(n, generator=gen).to(device)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             pen_sum = torch.zeros((), dtype=torch.float64, device=device)
-            gsum = torch.zeros(len(grad_params), 2, dtype=torch.float64, device=device)
+            gsum = torch.zeros(len(grad_params) * 2, dtype=torch.float64, device=device)
             seen = steps = 0
             for i in range(0, n, config.batch_size):
                 idx = perm[i:i + config.batch_size]
@@ -532,9 +563,7 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
                     pen_sum += pen.detach().to(torch.float64)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
-                gsum += torch.stack([torch.stack([
-                    torch.linalg.vector_norm(p.grad).to(torch.float64) if p is not None and p.grad is not None
-                    else torch.zeros((), dtype=torch.float64, device=device) for p in pair]) for pair in grad_params])
+                gsum.index_add_(0, slots, _grad_norms([p for _, _, p in tracked]))
                 opt.step()
                 loss_sum += loss.detach().to(torch.float64) * idx.shape[0]
                 seen += idx.shape[0]
@@ -543,9 +572,11 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
                 if config.max_steps is not None and step >= config.max_steps:
                     stopped = True
                     break
-            if not math.isfinite(float(loss_sum)):
-                logger.warning("epoch %d: the training loss is not finite (%s)", epoch, float(loss_sum))
-            g = (gsum / steps).cpu()
+            diverged = not math.isfinite(float(loss_sum))
+            if diverged:  # NaN/inf weights: diagnostics and spectra would only fail; stop here
+                logger.warning("epoch %d: the training loss is not finite (%s); stopping", epoch, float(loss_sum))
+                stopped = True
+            g = (gsum / steps).view(-1, 2).cpu()
             rec = {"epoch": epoch, "step": step, "batch_loss": float(loss_sum) / seen}
             if reg is not None:
                 rec["reg_penalty"] = float(pen_sum) / steps
@@ -554,7 +585,10 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
                                          for v, pair in zip(g[:, 1].tolist(), grad_params)]}
             if stopped and seen < n:
                 rec["partial"] = True
-            measure(epoch, rec, force_eval=(epoch == config.epochs) or stopped)
+            if diverged:
+                rec["diverged"] = True
+            else:
+                measure(epoch, rec, force_eval=(epoch == config.epochs) or stopped)
             rec["epoch_time"] = time.perf_counter() - t0
             rec["elapsed"] = time.perf_counter() - t_start
             history.append(rec)
@@ -566,4 +600,4 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
         bar.close()
     final = next((r for r in reversed(history) if "train_acc" in r), history[-1])
     return TrainResult(history=history, final=final, path=None if out is None else str(out),
-                       config=config.to_dict(), model_config=mcfg, stopped_early=stopped)
+                       config=config.to_dict(), model_config=mcfg, stopped_early=stopped, diverged=diverged)

@@ -155,6 +155,18 @@ def test_generic_module_hooks_and_hidden_fn():
     np.testing.assert_allclose(r2["dead_fraction"], r["dead_fraction"])
     np.testing.assert_allclose(r2["weight_norm_mean"], r["weight_norm_mean"])
 
+    from skipkern.nn import SkipLinear
+    sk = nn.Sequential(SkipLinear(D_IN, WIDTH, skip="none", backend="torch", seed=0),
+                       SkipLinear(WIDTH, WIDTH, backend="torch", seed=1),
+                       SkipLinear(WIDTH, 3, skip="none", activation="identity", backend="torch", seed=2)).double()
+    with torch.no_grad():
+        sk[1].weight[0].zero_()
+        sk[1].bias[0] = -1.0
+    layers = capture_layers(sk, _x())
+    assert [L.name for L in layers] == ["0", "1"]  # the identity-activation output layer is not hidden
+    torch.testing.assert_close(layers[1].hidden, sk[1](sk[0](_x())).detach())
+    assert elimination(sk, _x())["dead_units"].tolist() == [0, 1]  # measured before the skip
+
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()

@@ -8,6 +8,15 @@ from skipkern.hessian import DenseOperator, lanczos, top_eigenvalues, trace
 
 F64 = torch.float64
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def matrix_with_spectrum(ev, seed=0):
     """Q diag(ev) Q^T with a random orthogonal Q (float64)."""

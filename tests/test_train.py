@@ -66,6 +66,17 @@ def test_same_seed_same_history(data):
     assert a.final is a.history[-1]
 
 
+def test_logged_gradient_norms_match_autograd(data):
+    ref = _model()
+    F.cross_entropy(ref(data.x_train), data.y_train).backward()
+    r = train(_model(), data, _cfg(epochs=1, batch_size=data.n_train))  # one step on the whole set
+    gn = r.history[1]["grad_norm"]
+    assert gn["layers"] == ["hidden_1", "hidden_2", "hidden_3", "output"]
+    for j, layer in enumerate(ref.layers):
+        assert gn["weight"][j] == pytest.approx(float(layer.weight.grad.norm()), rel=1e-4)
+        assert gn["bias"][j] == pytest.approx(float(layer.bias.grad.norm()), rel=1e-4)
+
+
 def test_resume_equals_straight_run(data, tmp_path):
     straight_model = _model()
     straight = train(straight_model, data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "straight")
@@ -120,6 +131,10 @@ def test_max_steps_and_bad_config(data):
     r = train(_model(), data, _cfg(epochs=5, max_steps=4))
     assert r.stopped_early and r.history[-1]["step"] == 4 and r.history[-1]["partial"] is True
     assert r.history[-1]["epoch"] == 2 and "train_acc" in r.history[-1]
+    nan_loss = train(_model(), data, _cfg(epochs=3, diagnostics_every=1),
+                     loss_fn=lambda out, y: F.cross_entropy(out, y) * float("nan"))
+    assert nan_loss.diverged and nan_loss.stopped_early and len(nan_loss.history) == 2
+    assert nan_loss.history[-1]["diverged"] is True and "diagnostics" not in nan_loss.history[-1]
     with pytest.raises(ValueError, match="TrainConfig.batch_size must be an int >= 1, got 0"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="spectrum_at"):

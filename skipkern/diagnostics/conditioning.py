@@ -27,6 +27,11 @@ def condition_numbers_from(layers: list, on: str = "hidden", tol_rule: str = "re
         if a.shape[0] < a.shape[1]:
             log.warning("condition_numbers: layer %s has B=%d < width=%d: its representation matrix cannot "
                         "have full column rank; use a batch larger than the width", L.name, *a.shape)
+        if not bool(torch.isfinite(a).all()):  # SVD of NaN/inf fails; report the layer as unknown
+            for k, v in (("condition_number", math.nan), ("log10_condition", math.nan), ("rank", -1),
+                         ("singular", False), ("s_max", math.nan), ("s_min", math.nan), ("width", L.width)):
+                arr[k].append(v)
+            continue
         s = torch.linalg.svdvals(a)                        # float64, min(B, width) values, descending
         s_max, s_min = s[0].item(), s[-1].item()
         tol = numerical_rank_tol(s_max, tuple(a.shape), L.dtype, tol_rule)
@@ -42,11 +47,13 @@ def condition_numbers_from(layers: list, on: str = "hidden", tol_rule: str = "re
     cond = np.asarray(arr["condition_number"], dtype=float)
     sing = np.asarray(arr["singular"], dtype=bool)
     finite = cond[np.isfinite(cond)]
+    known = cond[~np.isnan(cond)]
     summary = {"singular_layers": int(sing.sum()),
                "first_singular_layer": int(np.argmax(sing)) + 1 if sing.any() else 0,
-               "max_condition_number": float(cond.max()),
+               "max_condition_number": float(known.max()) if known.size else math.nan,
                "max_finite_log10_condition": float(np.log10(finite.max())) if finite.size else math.nan,
-               "median_log10_condition": float(np.median(np.log10(cond)))}
+               "median_log10_condition": float(np.median(np.log10(known))) if known.size else math.nan,
+               "non_finite_layers": int(np.isnan(cond).sum())}
     params = {"on": on, "batch": int(layers[0].act.shape[0]),
               "tol_rule": tol_rule, "singular_when": "s_min <= numerical_rank_tol(s_max, (B, width), dtype, tol_rule)"}
     return LayerDiagnostics("condition_numbers", [L.name for L in layers], arr, summary, params)

@@ -174,6 +174,11 @@ def linear_dependence_from(layers: list, tol: Optional[float] = None, on: str = 
     arr = {k: [] for k in ("participation_ratio", "normalized_pr", "rank", "rank_deficit", "width")}
     for L in layers:
         a = _pick(L, on)
+        if not bool(torch.isfinite(a).all()):  # SVD of NaN/inf fails; report the layer as unknown
+            for k, v in (("participation_ratio", math.nan), ("normalized_pr", math.nan), ("rank", -1),
+                         ("rank_deficit", -1), ("width", L.width)):
+                arr[k].append(v)
+            continue
         centered = a - a.mean(0, keepdim=True)
         s = torch.linalg.svdvals(centered)
         lam = s ** 2 / max(a.shape[0] - 1, 1)             # covariance eigenvalues
@@ -190,9 +195,13 @@ def linear_dependence_from(layers: list, tol: Optional[float] = None, on: str = 
         arr["rank_deficit"].append(L.width - rank)
         arr["width"].append(L.width)
     pr = np.asarray(arr["participation_ratio"], dtype=float)
-    summary = {"mean_participation_ratio": float(pr.mean()), "min_participation_ratio": float(pr.min()),
-               "mean_normalized_pr": float(np.mean(arr["normalized_pr"])), "min_rank": int(min(arr["rank"])),
-               "total_rank_deficit": int(sum(arr["rank_deficit"]))}
+    ok = np.isfinite(pr)
+    summary = {"mean_participation_ratio": float(pr[ok].mean()) if ok.any() else math.nan,
+               "min_participation_ratio": float(pr[ok].min()) if ok.any() else math.nan,
+               "mean_normalized_pr": float(np.asarray(arr["normalized_pr"])[ok].mean()) if ok.any() else math.nan,
+               "min_rank": int(min(r for r, o in zip(arr["rank"], ok) if o)) if ok.any() else -1,
+               "total_rank_deficit": int(sum(d for d, o in zip(arr["rank_deficit"], ok) if o)),
+               "non_finite_layers": int((~ok).sum())}
     params = {"tol": f"rule {tol_rule!r} with eps of the model dtype" if tol is None else tol, "on": on,
               "batch": int(layers[0].act.shape[0])}
     return LayerDiagnostics("linear_dependence", [L.name for L in layers], arr, summary, params)

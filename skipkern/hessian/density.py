@@ -100,6 +100,36 @@ class SpectralDensity:
             raise ValueError(f"eps must be >= 0, got {eps}")
         return self.expectation(lambda x: (x < -eps).astype(np.float64))
 
+    def _cdf(self, t: float, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per probe: (Gauss estimate, lower, upper) of mu((-inf, t)) (strict) or mu((-inf, t]).
+
+        The bounds are the Chebyshev-Markov-Stieltjes inequalities of Gauss quadrature: the true
+        probe measure lies within the estimate minus the weight of the last node below t and plus the
+        weight of the first node above it. They bound the quadrature error, not the probe noise."""
+        w = self.weights
+        valid = w > 0
+        below = valid & ((self.nodes < t) if strict else (self.nodes <= t))
+        above = valid & ~below
+        est = (w * below).sum(1)
+        big = np.where(below, self.nodes, -np.inf)
+        small = np.where(above, self.nodes, np.inf)
+        rows = np.arange(w.shape[0])
+        w_last = np.where(below.any(1), w[rows, big.argmax(1)], 0.0)
+        w_first = np.where(above.any(1), w[rows, small.argmin(1)], 0.0)
+        return est, est - w_last, est + w_first
+
+    def fraction_negative_bounds(self, eps: float = 0.0) -> tuple[Estimate, Estimate]:
+        """(lower, upper) bounds on the fraction with lambda < -eps: the quadrature error of the Gauss
+        estimate is confined between them (Chebyshev-Markov-Stieltjes); each carries its probe SE."""
+        _, lo, hi = self._cdf(-eps, strict=True)
+        return _mean_se(np.clip(lo, 0, 1)), _mean_se(np.clip(hi, 0, 1))
+
+    def fraction_degenerate_bounds(self, eps: float) -> tuple[Estimate, Estimate]:
+        """(lower, upper) bounds on the fraction with |lambda| <= eps (see fraction_negative_bounds)."""
+        _, lo_b, hi_b = self._cdf(eps, strict=False)
+        _, lo_a, hi_a = self._cdf(-eps, strict=True)
+        return _mean_se(np.clip(lo_b - hi_a, 0, 1)), _mean_se(np.clip(hi_b - lo_a, 0, 1))
+
     def moment(self, p: int) -> Estimate:
         """(1/P) sum lambda^p, with its standard error."""
         return self.expectation(lambda x: x ** p)
