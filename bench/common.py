@@ -25,7 +25,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["env_info", "device_slug", "measure", "write_results", "format_table", "RESULTS_DIR"]
+__all__ = ["env_info", "device_slug", "measure", "summarize", "write_results", "format_table", "RESULTS_DIR"]
 
 
 def _cpu_model() -> str:
@@ -80,6 +80,7 @@ def env_info() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_flags": _cpu_flags(),
         "torch_threads": torch.get_num_threads(),
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": _version("triton"),
@@ -123,9 +124,14 @@ def measure(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 3, min_
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "iqr_ms": q[2] - q[0],
-            "repeats": len(times)}
+    return summarize(times)
+
+
+def summarize(times_ms: list) -> dict:
+    """{"median_ms", "min_ms", "iqr_ms", "repeats"} of a list of times in milliseconds."""
+    q = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
+    return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms), "iqr_ms": q[2] - q[0],
+            "repeats": len(times_ms)}
 
 
 def write_results(name: str, rows: list, extra: Optional[dict] = None) -> Path:

@@ -97,11 +97,12 @@ def pyhessian_provider(model, loss_fn, x, y):
         from pyhessian.utils import hessian_vector_product
     except Exception as exc:
         return None, f"pyhessian not importable: {exc}"
-    if not hasattr(torch, "eig"):  # PyHessian 0.1 calls torch.eig (removed in torch 2): eigh shim
-        def _eig(T, eigenvectors=True):
-            w, U = torch.linalg.eigh(T)
-            return torch.stack([w, torch.zeros_like(w)], 1), U
-        torch.eig = _eig
+    # PyHessian 0.1 calls torch.eig, removed in torch 2 (a stub that raises): an eigh-based shim for its
+    # final tridiagonal eigendecomposition (T is symmetric), so its density() can run at all.
+    def _eig(T, eigenvectors=True):
+        w, U = torch.linalg.eigh(T)
+        return torch.stack([w, torch.zeros_like(w)], 1), U
+    torch.eig = _eig
     t0 = time.perf_counter()
     hess = pyhessian.hessian(model, loss_fn, data=(x, y), cuda=False)
     setup = time.perf_counter() - t0

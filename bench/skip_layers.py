@@ -10,7 +10,9 @@ Providers (per device):
                  layer in reverse), no autograd: the kernels' own cost, for comparison with the glue
 
 Modes: forward (under torch.no_grad) and fwd+bwd (loss gradient from a fixed grad_output, parameter
-gradients cleared untimed before each call). Times are medians of repeated calls after warm-up.
+gradients cleared untimed before each call). Times are medians of repeated calls after warm-up; the
+calls of all providers of one configuration are interleaved round-robin, so that load from other
+processes on a shared machine falls on all of them alike.
 
     python bench/skip_layers.py            # full run (a few minutes on 2 CPU cores)
     python bench/skip_layers.py --quick    # one small configuration per model
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import env_info, format_table, measure, write_results  # noqa: E402
+from bench.common import env_info, format_table, measure, summarize, write_results  # noqa: E402
 from skipkern import backends  # noqa: E402
 from skipkern.nn import SkipLinear, SkipMLP  # noqa: E402
 from skipkern.ops.skip_linear import normalize_skip  # noqa: E402
@@ -87,55 +90,75 @@ def providers_for(device: str, with_compile: bool, only: Optional[set]) -> list:
     return [n for n in names if only is None or n in only]
 
 
+def _callables(prov: str, model: str, batch: int, width: int, skip: str, depth: int, device: str,
+               x: torch.Tensor, grad_y: torch.Tensor) -> dict:
+    """{mode: (call, setup)} for one provider; every provider gets identical parameters (seed 0)."""
+    backend = prov if prov in backends.BACKENDS else "torch"  # other providers only use the parameters
+    mod, layers = build(model, batch, width, skip, depth, backend, device)
+    params = list(mod.parameters())
+    xin = x.clone().requires_grad_(model == "SkipLinear")  # SkipLinear: dx too; MLP: data needs none
+    if prov == "torch":
+        f = eager_layers(layers)
+    elif prov == "torch.compile":
+        f = torch.compile(eager_layers(layers))
+    elif prov.endswith("-kernels"):
+        f = kernel_chain(prov[: -len("-kernels")], layers)
+    else:
+        f = mod
+
+    def clear():
+        for p in params:
+            p.grad = None
+        xin.grad = None
+
+    def forward():
+        with torch.no_grad():
+            return f(x)
+
+    def fwd_bwd():
+        if prov.endswith("-kernels"):
+            return f(x, grad_y)
+        f(xin).backward(grad_y)
+
+    return {"forward": (forward, clear), "fwd+bwd": (fwd_bwd, clear)}
+
+
 def bench_case(model: str, batch: int, width: int, skip: str, depth: int, device: str, providers: list,
                budget: float) -> list:
-    rows = []
+    """Times every (provider, mode) of one configuration. Calls are interleaved round-robin across
+    providers, so load from other processes on a shared machine spreads evenly over all of them."""
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, width, generator=g).to(device)
-    out_width = width if model == "SkipLinear" else 10
-    grad_y = torch.randn(batch, out_width, generator=g).to(device)
+    grad_y = torch.randn(batch, width if model == "SkipLinear" else 10, generator=g).to(device)
+    calls = {}
     for prov in providers:
-        # Modules of the torch / torch.compile / *-kernels providers only hold the parameters.
-        backend = prov if prov in backends.BACKENDS else "torch"
-        mod, layers = build(model, batch, width, skip, depth, backend, device)
-        params = list(mod.parameters())
-        xin = x.clone().requires_grad_(model == "SkipLinear")  # SkipLinear: dx too; MLP: data needs none
-        if prov == "torch":
-            f = eager_layers(layers)
-        elif prov == "torch.compile":
-            f = torch.compile(eager_layers(layers))
-        elif prov.endswith("-kernels"):
-            f = kernel_chain(prov[: -len("-kernels")], layers)
-        else:
-            f = mod
-
-        def clear():
-            for p in params:
-                p.grad = None
-            xin.grad = None
-
-        for mode in MODES:
-            if mode == "forward":
-                def call():
-                    with torch.no_grad():
-                        return f(x)
-            elif prov.endswith("-kernels"):
-                def call():
-                    return f(x, grad_y)
-            else:
-                def call():
-                    f(xin).backward(grad_y)
-            stats = measure(call, device=device, budget_s=budget, setup=clear,
-                            warmup=3 if prov != "torch.compile" else 2)
-            rows.append(dict(model=model, batch=batch, width=width, depth=depth if model == "SkipMLP" else 1,
-                             skip=skip, mode=mode, provider=prov, **stats))
-            print(f"  {model:10s} B={batch:<5d} W={width:<4d} {skip:10s} {mode:8s} {prov:14s} "
-                  f"{stats['median_ms']:9.3f} ms", flush=True)
+        for mode, (call, setup) in _callables(prov, model, batch, width, skip, depth, device, x, grad_y).items():
+            measure(call, device=device, setup=setup, warmup=3, min_repeats=1, max_repeats=1)  # warm-up/compile
+            calls[(prov, mode)] = (call, setup)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = {key: [] for key in calls}
+    start = time.perf_counter()
+    while min(len(t) for t in times.values()) < 5 or (
+            time.perf_counter() - start < budget * len(calls) and min(len(t) for t in times.values()) < 200):
+        for key, (call, setup) in calls.items():
+            setup()
+            sync()
+            t0 = time.perf_counter()
+            call()
+            sync()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for (prov, mode), ts in times.items():
+        rows.append(dict(model=model, batch=batch, width=width, depth=depth if model == "SkipMLP" else 1,
+                         skip=skip, mode=mode, provider=prov, **summarize(ts)))
     for mode in MODES:
         base = next(r["median_ms"] for r in rows if r["mode"] == mode and r["provider"] == "torch")
         for r in rows:
             if r["mode"] == mode:
                 r["speedup_vs_eager"] = base / r["median_ms"]
+    for r in sorted(rows, key=lambda r: r["mode"]):
+        print(f"  {model:10s} B={batch:<5d} W={width:<4d} {skip:10s} {r['mode']:8s} {r['provider']:14s} "
+              f"{r['median_ms']:9.3f} ms  x{r['speedup_vs_eager']:.2f}", flush=True)
     return rows
 
 
@@ -160,7 +183,7 @@ def main(argv=None) -> None:
                  for w in (128, 256, 512)]
         cases += [("SkipMLP", b, w, "residual") for b in (500, 4096) for w in (128, 256, 512)]
         budget = args.budget or 1.0
-    env = env_info()
+    env = env_info()  # the load average here is the one at the start; write_results records the end
     print(f"device={args.device} ({env.get('gpu', env['cpu_model'])}), torch {env['torch']} with "
           f"{env['torch_threads']} threads, providers: {', '.join(providers)}", flush=True)
     rows = []
@@ -168,12 +191,14 @@ def main(argv=None) -> None:
         rows += bench_case(model, batch, width, skip, args.depth, args.device, providers, budget)
     cols = [("model", "model", "s"), ("batch", "B", "d"), ("width", "W", "d"), ("skip", "skip", "s"),
             ("mode", "mode", "s"), ("provider", "provider", "s"), ("median_ms", "median ms", ".3f"),
-            ("iqr_ms", "iqr ms", ".3f"), ("speedup_vs_eager", "x eager", ".2f")]
+            ("min_ms", "min ms", ".3f"), ("iqr_ms", "iqr ms", ".3f"), ("repeats", "n", "d"),
+            ("speedup_vs_eager", "x eager", ".2f")]
     print()
     print(format_table(rows, cols))
     if not args.no_save:
         path = write_results("skip_layers", rows, {"quick": args.quick, "depth": args.depth,
-                                                   "providers": providers, "argv": sys.argv[1:]})
+                                                   "providers": providers, "argv": sys.argv[1:],
+                                                   "loadavg_at_start": env["loadavg_1_5_15"]})
         print(f"\nwrote {path}")
 
 

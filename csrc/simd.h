@@ -4,7 +4,7 @@
 // Three implementations, picked at compile time (setup.py builds with -march=native):
 //   __AVX512F__            : 512-bit zmm registers, masked partial loads/stores
 //   __AVX2__ && __FMA__    : 256-bit ymm registers, maskload/maskstore for partial vectors
-//   otherwise              : GCC/Clang vector extensions (32 bytes), which the compiler lowers to
+//   otherwise              : GCC/Clang vector extensions (16 or 32 bytes), which the compiler lowers to
 //                            whatever the target has (SSE2, NEON, ...), so the fallback still vectorises
 // Partial loads (load_n) read only the first n lanes and zero the rest; partial stores write only n.
 #pragma once
@@ -128,11 +128,18 @@ struct Vec<double> {
 #else
 #define SKIPKERN_SIMD_ISA "generic-vector-extensions"
 
-// Portable path: 32-byte GCC/Clang vector types; arithmetic lowers to the target's SIMD unit.
+// Portable path: GCC/Clang vector types as wide as the target's registers (32 bytes with AVX, else
+// 16: SSE2, NEON); arithmetic lowers to the target's SIMD unit.
+#if defined(__AVX__)
+constexpr int kGenericVecBytes = 32;
+#else
+constexpr int kGenericVecBytes = 16;
+#endif
+
 template <typename T>
 struct Vec {
-  typedef T reg __attribute__((vector_size(32)));
-  static constexpr int size = 32 / sizeof(T);
+  typedef T reg __attribute__((vector_size(kGenericVecBytes)));
+  static constexpr int size = kGenericVecBytes / sizeof(T);
   static SK_INLINE reg zero() { return reg{}; }
   static SK_INLINE reg set1(T a) { return reg{} + a; }
   static SK_INLINE reg load(const T* p) { reg r; std::memcpy(&r, p, sizeof(reg)); return r; }

@@ -120,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="list the skip_linear backends and whether they run here")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true")
-    p = sub.add_parser("bench", help="run the benchmark scripts in bench/ (source checkout)")
-    p.add_argument("script", nargs="?", default=None, help="one script name (e.g. bench_skip_linear); default all")
+    p = sub.add_parser("bench", help="run the benchmark scripts in bench/ (source checkout)",
+                       description="Run bench/<script>.py of the source checkout (all of them, or one, with its own "
+                                   "arguments after the name, e.g. 'skipkern bench skip_layers --quick').")
+    p.add_argument("--list", action="store_true", help="list the scripts and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("script", nargs="?", default=None, help="one script name (e.g. skip_layers); default all")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed on to the script")
     return ap
 
 
@@ -436,7 +440,7 @@ def cmd_train(args) -> int:
                       spectrum_probes=args.spectrum_probes, spectrum_steps=args.spectrum_steps,
                       spectrum_samples=args.spectrum_samples, regularizer=reg, progress=not args.no_progress)
     print(f"training {args.arch} (depth {args.depth}, width {width}) on {data.name} ({data.n_train} samples) for "
-          f"{epochs} epochs -> {out}", file=sys.stderr)
+          f"{epochs} epochs -> {out}", flush=True)
     res = train(model, data, cfg, out_dir=out, resume=not args.no_resume)
     f = res.final
     print(f"epoch {f.get('epoch')}: train acc {f.get('train_acc', float('nan')):.4f}, test acc "
@@ -456,21 +460,32 @@ def cmd_backends(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def bench_scripts() -> tuple:
+    """(bench folder, its benchmark scripts): every bench/*.py but helpers (common.py, _*.py)."""
     bench = Path(__file__).resolve().parent.parent / "bench"
-    scripts = sorted(bench.glob("bench_*.py")) if bench.is_dir() else []
-    if args.script:
-        scripts = [s for s in scripts if s.stem == args.script or s.name == args.script]
-        if not scripts:
-            raise CLIError(f"no benchmark script {args.script!r} in {bench}")
+    if not bench.is_dir():
+        return bench, []
+    return bench, sorted(p for p in bench.glob("*.py") if p.stem != "common" and not p.stem.startswith("_"))
+
+
+def cmd_bench(args) -> int:
+    bench, scripts = bench_scripts()
     if not scripts:
-        print(f"no benchmark scripts found in {bench}. They live in bench/ of a source checkout "
-              f"(bench/bench_<op>.py, results in bench/results/); run one with: python bench/bench_skip_linear.py")
+        print(f"no benchmark scripts found in {bench}. They live in bench/ of a source checkout (git clone, then "
+              f"pip install -e .); run one with: python bench/<name>.py, results go to bench/results/")
         return 0
+    if args.list:
+        for s in scripts:
+            print(s.stem)
+        return 0
+    if args.script:
+        scripts = [s for s in scripts if args.script in (s.stem, s.name)]
+        if not scripts:
+            raise CLIError(f"no benchmark script {args.script!r} in {bench}; run 'skipkern bench --list'")
     rc = 0
     for s in scripts:
-        print(f"== {s.name}", flush=True)
-        rc = max(rc, subprocess.call([sys.executable, str(s)]))
+        print(f"== python {s} {' '.join(args.script_args)}", flush=True)
+        rc = max(rc, subprocess.call([sys.executable, str(s), *args.script_args]))
     return rc
 
 

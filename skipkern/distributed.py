@@ -19,7 +19,8 @@ log = logging.getLogger("skipkern")
 
 __all__ = [
     "resolve_group", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum",
-    "gather_ints", "check_same", "check_nonempty", "DistributedError", "shard_indices",
+    "gather_ints", "check_same", "check_nonempty", "DistributedError", "shard_indices", "check_ok",
+    "broadcast_object", "run_on_main", "shared_seed", "all_reduce_sums",
 ]
 
 
@@ -124,3 +125,75 @@ def shard_indices(n: int, group: Optional[object], *, seed: Optional[int] = None
     differ by one and the weighted mean over ranks stays exact). Shuffled first when ``seed`` is given."""
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
     return idx[rank(group)::world_size(group)]
+
+
+def all_reduce_sums(values: Sequence[float], group: Optional[object]) -> list[float]:
+    """Sum a few Python numbers over the ranks in ONE float64 all-reduce (the numbers themselves when
+    group is None). Used for exact global means: reduce (sum, count) pairs, divide afterwards."""
+    if group is None:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return [float(v) for v in all_reduce_sum(t, group).tolist()]
+
+
+def broadcast_object(obj: object, group: Optional[object], src: int = 0) -> object:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself when group is None)."""
+    if group is None:
+        return obj
+    box = [obj if rank(group) == src else None]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, src), group=group,
+                               device=_comm_device(group))
+    return box[0]
+
+
+def check_ok(error: Optional[str], what: str, group: Optional[object]) -> None:
+    """Raise DistributedError on every rank when any rank passes an ``error`` message (None: this rank
+    is fine). Lets a rank that failed locally (a backend it cannot run, a file it cannot write) stop
+    all ranks together instead of leaving the others waiting at the next collective."""
+    if group is None:
+        if error is not None:
+            raise DistributedError(f"{what}: {error}")
+        return
+    failed = [r for r, f in enumerate(gather_ints(0 if error is None else 1, group)) if f]
+    if not failed:
+        return
+    msgs: list = [None] * world_size(group)
+    dist.all_gather_object(msgs, error, group=group)
+    detail = "; ".join(f"rank {r}: {msgs[r]}" for r in failed)
+    raise DistributedError(f"{what} failed on rank(s) {failed}: {detail}")
+
+
+def run_on_main(fn, group: Optional[object]):
+    """Run ``fn()`` on rank 0 only and return its result on every rank; an exception raised by ``fn``
+    is re-raised (same type and message) on every rank. In a single process this is just ``fn()``.
+    For work only rank 0 may do (writing files, reading a checkpoint that other nodes may not see)."""
+    if group is None:
+        return fn()
+    payload = None
+    if rank(group) == 0:
+        try:
+            payload = ("ok", fn())
+        except Exception as exc:  # shipped to the other ranks, re-raised everywhere below
+            payload = ("err", exc if _picklable(exc) else DistributedError(f"{type(exc).__name__}: {exc}"))
+    kind, value = broadcast_object(payload, group)
+    if kind == "err":
+        raise value
+    return value
+
+
+def _picklable(obj: object) -> bool:
+    import pickle
+    try:
+        pickle.loads(pickle.dumps(obj))
+        return True
+    except Exception:
+        return False
+
+
+def shared_seed(seed: Optional[int], group: Optional[object]) -> Optional[int]:
+    """``seed`` itself when given or in a single process; for seed None under a process group, one
+    random seed drawn on rank 0 and broadcast, so random probes are the same on every rank."""
+    if seed is not None or group is None or world_size(group) == 1:
+        return seed
+    drawn = int(torch.randint(0, 2**62, (1,)).item()) if rank(group) == 0 else 0
+    return int(broadcast_object(drawn, group))

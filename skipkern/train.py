@@ -11,6 +11,14 @@ Output folder (``out_dir``):
 A run is repeatable: the mini-batch order comes from a torch.Generator seeded with ``config.seed``
 and the fixed evaluation subsets from independent seeded streams; resuming restores the generator,
 so 2 epochs + 2 resumed epochs give the same metrics as 4 epochs straight.
+
+Data parallel: when torch.distributed is initialised (e.g. launched by torchrun and
+``skipkern.distributed.init_from_env()``), ``train`` runs the model under DistributedDataParallel:
+each rank takes its share of every global mini-batch and the gradient is the exact global batch mean
+(``skipkern.train_dist``); metrics are exact global means over the ranks' shares; diagnostics and
+spectra (one Hessian product all-reduce per Lanczos step) are the same on every rank; only rank 0
+writes files, logs records and shows progress; a resume reads the checkpoint on rank 0 and broadcasts
+it, so other nodes need not see rank 0's disk.
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skipkern import distributed as sd
+from skipkern import train_dist
 from skipkern.data.base import Dataset
 from skipkern.diagnostics import diagnose, from_json_safe, json_safe, weighted_layers
 from skipkern.nn.skip_mlp import SkipMLP
@@ -216,13 +226,24 @@ def _mean_se(v: Any) -> tuple[float, float]:
 
 
 def spectrum_fractions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, num_probes: int,
-                       num_steps: int, seed: int, loss_fn: Optional[Callable] = None, save_path=None) -> dict:
+                       num_steps: int, seed: int, loss_fn: Optional[Callable] = None, save_path=None,
+                       process_group: Optional[object] = None) -> dict:
     """Hessian density of the mean loss on (x, y) by stochastic Lanczos quadrature
     (``skipkern.hessian.spectral_density``) and its fractions of degenerate (|lambda| <= eps) and
-    negative eigenvalues, each with its standard error across probes."""
+    negative eigenvalues, each with its standard error across probes.
+
+    process_group: None (one process) or a process group: every rank passes the same full (x, y),
+    keeps its strided share x[r::W], and the operator all-reduces each product (the result is the
+    same on every rank); only rank 0 writes ``save_path``."""
     HessianOperator, spectral_density = _hessian_api()
     t0 = time.perf_counter()
-    op = HessianOperator(model, loss_fn if loss_fn is not None else F.cross_entropy, (x, y))
+    loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+    if process_group is None:
+        op = HessianOperator(model, loss_fn, (x, y))
+    else:
+        xs, ys = train_dist.shard(x, process_group), train_dist.shard(y, process_group)
+        op = HessianOperator(model, loss_fn, (xs, ys), process_group=process_group)
+        save_path = train_dist.save_path_on_main(save_path, process_group)
     dens = spectral_density(op, num_probes=num_probes, num_steps=num_steps, seed=seed, progress=False)
     deg, deg_se = _mean_se(dens.fraction_degenerate(eps))
     neg, neg_se = _mean_se(dens.fraction_negative(eps))
@@ -409,7 +430,8 @@ def _check_resume(ckpt: dict, path: Path, mcfg: Optional[dict], config: TrainCon
 
 def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None, *,
           out_dir: Union[str, os.PathLike, None] = None, resume: bool = True, log: Any = None,
-          model_kwargs: Optional[dict] = None, loss_fn: Optional[Callable] = None) -> TrainResult:
+          model_kwargs: Optional[dict] = None, loss_fn: Optional[Callable] = None,
+          process_group: Optional[object] = "default") -> TrainResult:
     """Train ``model`` on ``data`` with Adam; log, checkpoint and resume.
 
     Args:
@@ -422,6 +444,10 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
         log: None (module logger), a logging.Logger, or a callable receiving each epoch's record.
         model_kwargs: constructor arguments stored in the checkpoint (default ``model_config(model)``).
         loss_fn: (logits, y) -> batch-mean loss, default cross entropy.
+        process_group: "default" (the default group when torch.distributed is initialised, else one
+            process), None (one process even if initialised) or a ProcessGroup: data-parallel
+            training under DDP (module docstring). Every rank passes the same model, data and config;
+            the result is the same on every rank.
 
     Returns:
         TrainResult with one record per epoch: epoch, step, batch_loss (mean mini-batch loss),
@@ -442,7 +468,9 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
     if isinstance(model, SkipMLP) and (model.in_features != data.in_features or model.out_features != data.num_classes):
         raise ValueError(f"model maps {model.in_features} -> {model.out_features} but data {data.name!r} has "
                          f"{data.in_features} features and {data.num_classes} classes")
-    device = resolve_device(config.device)
+    group = sd.resolve_group(process_group)
+    main = sd.rank(group) == 0
+    device = train_dist.rank_device(resolve_device(config.device), group)
     model.to(device)
     if data.device != device:
         data = data.to(device)
@@ -450,6 +478,7 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
     reg = config.regularizer
     if isinstance(reg, nn.Module):
         reg.to(device)  # fixed targets (BiasReg buffers) live next to the biases
+    fwd = model if group is None else train_dist.wrap_ddp(model, device, group)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     gen = torch.Generator().manual_seed(int(config.seed))
     mcfg = model_kwargs if model_kwargs is not None else model_config(model)
@@ -468,16 +497,25 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
     out = ckpt_path = None
     if out_dir is not None:
         out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / ".write_test").write_text("ok")
-            (out / ".write_test").unlink()
-        except OSError as e:
-            raise OSError(f"cannot write to the output folder {out}: {e}") from e
         ckpt_path = out / CHECKPOINT
-        if ckpt_path.exists() and resume:
-            ckpt = _read_checkpoint(ckpt_path, map_location=device)
-            _check_resume(ckpt, ckpt_path, mcfg, config, data)
+
+        def open_out() -> Optional[dict]:  # rank 0 only under a process group; its result is broadcast
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / ".write_test").write_text("ok")
+                (out / ".write_test").unlink()
+            except OSError as e:
+                raise OSError(f"cannot write to the output folder {out}: {e}") from e
+            if ckpt_path.exists() and resume:
+                ckpt = _read_checkpoint(ckpt_path, map_location=device if group is None else "cpu")
+                _check_resume(ckpt, ckpt_path, mcfg, config, data)
+                return ckpt
+            if ckpt_path.exists():
+                logger.info("resume=False: starting over, %s will be overwritten", ckpt_path)
+            return None
+
+        ckpt = sd.run_on_main(open_out, group)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model_state"])
             opt.load_state_dict(ckpt["optimizer_state"])
             gen.set_state(ckpt["rng"]["shuffle"].cpu())
@@ -486,19 +524,20 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             history = [from_json_safe(r) for r in ckpt["history"]]  # stored strict-JSON style
             epoch0, step = int(ckpt["epoch"]), int(ckpt["step"])
             logger.info("resuming from %s at epoch %d (step %d)", ckpt_path, epoch0, step)
-        elif ckpt_path.exists():
-            logger.info("resume=False: starting over, %s will be overwritten", ckpt_path)
     if config.spectrum_at:
         _hessian_api()  # fail before training, not after it
     t_start = time.perf_counter()
 
+    def ev(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        if group is None:
+            return evaluate(model, x, y, config.eval_batch_size, loss_fn)
+        return train_dist.evaluate_global(model, x, y, config.eval_batch_size, loss_fn, group)
+
     def measure(epoch: int, rec: dict, force_eval: bool) -> None:
         if force_eval or epoch % config.eval_every == 0:
-            xe, ye = _take(data.x_train, idx_eval), _take(data.y_train, idx_eval)
-            rec["train_loss"], rec["train_acc"] = evaluate(model, xe, ye, config.eval_batch_size, loss_fn)
+            rec["train_loss"], rec["train_acc"] = ev(_take(data.x_train, idx_eval), _take(data.y_train, idx_eval))
             if data.n_test:
-                rec["test_loss"], rec["test_acc"] = evaluate(model, data.x_test, data.y_test,
-                                                             config.eval_batch_size, loss_fn)
+                rec["test_loss"], rec["test_acc"] = ev(data.x_test, data.y_test)
         if config.diagnostics_every and epoch % config.diagnostics_every == 0:
             t0 = time.perf_counter()
             res = diagnose(model, _take(data.x_train, idx_diag), _take(data.y_train, idx_diag), loss_fn)
@@ -509,13 +548,16 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             rec["spectrum"] = spectrum_fractions(
                 model, _take(data.x_train, idx_spec), _take(data.y_train, idx_spec), eps=config.degenerate_eps,
                 num_probes=config.spectrum_probes, num_steps=config.spectrum_steps,
-                seed=int(config.seed) * 7919 + epoch, loss_fn=loss_fn, save_path=save)
+                seed=int(config.seed) * 7919 + epoch, loss_fn=loss_fn, save_path=save,
+                **({} if group is None else {"process_group": group}))
 
     synced = [False]  # metrics.jsonl matches history up to its last record (set after the first write)
 
     def persist(epoch: int, stopped: bool) -> None:
-        if out is None:
-            return
+        if out is not None:  # rank 0 writes; a failure there raises on every rank
+            sd.run_on_main(lambda: write_state(epoch, stopped), group)
+
+    def write_state(epoch: int, stopped: bool) -> None:
         state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "model_state": model.state_dict(),
                  "optimizer_state": opt.state_dict(), "rng": {"shuffle": gen.get_state()},
                  "config": json_safe(config.to_dict()), "model_config": mcfg, "model_class": type(model).__name__,
@@ -533,9 +575,10 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
         rec0["elapsed"] = time.perf_counter() - t_start
         history.append(rec0)
         persist(0, False)
-        _emit(log, rec0)
+        if main:
+            _emit(log, rec0)
 
-    show = config.progress and sys.stderr.isatty()
+    show = config.progress and sys.stderr.isatty() and main
     bar = tqdm(total=config.epochs, initial=min(epoch0, config.epochs), disable=not show, unit="epoch",
                desc=f"train {getattr(model, 'arch', type(model).__name__)}")
     stopped = config.max_steps is not None and step >= config.max_steps
@@ -554,24 +597,30 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             seen = steps = 0
             for i in range(0, n, config.batch_size):
                 idx = perm[i:i + config.batch_size]
-                xb, yb = data.x_train[idx], data.y_train[idx]
-                loss = loss_fn(model(xb), yb)
-                total = loss
+                if group is None:
+                    xb, yb = data.x_train[idx], data.y_train[idx]
+                    loss = loss_fn(model(xb), yb)
+                    total, n_local = loss, idx.shape[0]
+                else:  # this rank's rows of the global batch, scaled so DDP's mean is the global mean
+                    loss, total, n_local = train_dist.local_batch_loss(fwd, model, loss_fn, data.x_train,
+                                                                       data.y_train, idx, group)
                 if reg is not None:
                     pen = reg(model)
-                    total = loss + pen
+                    total = total + pen
                     pen_sum += pen.detach().to(torch.float64)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 gsum.index_add_(0, slots, _grad_norms([p for _, _, p in tracked]))
                 opt.step()
-                loss_sum += loss.detach().to(torch.float64) * idx.shape[0]
+                loss_sum += loss.detach().to(torch.float64) * n_local
                 seen += idx.shape[0]
                 steps += 1
                 step += 1
                 if config.max_steps is not None and step >= config.max_steps:
                     stopped = True
                     break
+            if group is not None:  # the ranks' shares of the epoch's loss sum
+                loss_sum = sd.all_reduce_sum(loss_sum, group)
             diverged = not math.isfinite(float(loss_sum))
             if diverged:  # NaN/inf weights: diagnostics and spectra would only fail; stop here
                 logger.warning("epoch %d: the training loss is not finite (%s); stopping", epoch, float(loss_sum))
@@ -593,7 +642,8 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             rec["elapsed"] = time.perf_counter() - t_start
             history.append(rec)
             persist(epoch, stopped)
-            _emit(log, rec)
+            if main:
+                _emit(log, rec)
             bar.update(1)
             bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("batch_loss", "train_acc") if k in rec})
     finally:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+
 TINY_TRAIN = ["--depth", "3", "--width", "8", "--epochs", "1", "--n-train", "64", "--n-test", "32",
               "--batch-size", "32", "--no-progress"]
 
@@ -58,8 +59,6 @@ def test_bad_input_errors(tmp_path):
     blocker.write_text("x")
     assert_one_line_error(run_cli("repro", "simplified", "--quick", "--out", str(blocker / "sub")),
                           "cannot write to the output folder")
-    assert_one_line_error(run_cli("repro", "simplified", "--quick", "--seeds", "x", "--out", str(tmp_path / "c")),
-                          "--seeds")
     assert_one_line_error(run_cli("bench", "no_such_bench"), "no benchmark script")
 
 
@@ -96,5 +95,18 @@ def test_train_diagnose_spectrum_and_architecture_mismatch(tmp_path):
     assert (tmp_path / "spec" / "spectrum_density.png").is_file()
     assert_one_line_error(run_cli("spectrum", str(run_dir), "--arch", "residual", "--out", str(tmp_path / "s2")),
                           "'plain'", "residual")
-    assert_one_line_error(run_cli("spectrum", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "s3")),
-                          "does not exist")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["spectrum", "{tmp}/nothing.pt", "--out", "{tmp}/s"], "does not exist"),
+    (["repro", "simplified", "--quick", "--seeds", "x", "--out", "{tmp}/o"], "--seeds"),
+    (["repro", "simplified", "--quick", "--set", "no_such_key=1", "--out", "{tmp}/o"], "unknown setting"),
+    (["repro", "all", "--quick", "--data", "cifar100", "--out", "{tmp}/o"], "--data-dir"),
+    (["train", "--backend", "no_such_backend", "--out", "{tmp}/o"], "--backend"),
+])
+def test_more_errors_in_process(tmp_path, capsys, argv, needle):
+    """Cheaper error paths through main() in this process (same code path as the console script)."""
+    from skipkern.cli import main
+    rc = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and err[0].startswith("skipkern: error:") and needle in err[0], err

@@ -51,18 +51,24 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
-def _check(name: str, t: Optional[Tensor], shape: tuple, dtype: torch.dtype) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be a cpu tensor for the cpp backend, got device {t.device}")
-    if not t.is_contiguous():
+def _check(dtype: torch.dtype, *specs: tuple) -> None:
+    """Each (name, tensor or None, shape) must be a contiguous CPU tensor of ``dtype`` and ``shape``.
+
+    One cheap test per tensor on the hot path; the detailed message is built only on failure.
+    """
+    for name, t, shape in specs:
+        if t is None:
+            continue
+        if isinstance(t, Tensor) and t.dtype == dtype and t.shape == shape and t.is_cpu and t.is_contiguous():
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+        if not t.is_cpu:
+            raise ValueError(f"{name} must be a cpu tensor for the cpp backend, got device {t.device}")
         raise ValueError(f"{name} must be contiguous (row-major) for the cpp backend; pass {name}.contiguous()")
 
 
@@ -97,10 +103,7 @@ def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Option
     Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
     """
     b, k, n = _check_common(x, weight, q, skip, activation)
-    _check("x", x, (b, k), x.dtype)
-    _check("weight", weight, (n, k), x.dtype)
-    _check("bias", bias, (n,), x.dtype)
-    _check("q", q, (n, k), x.dtype)
+    _check(x.dtype, ("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k)))
     y = torch.empty(b, n, dtype=x.dtype)
     z = torch.empty(b, n, dtype=x.dtype)
     if b == 0 or n == 0:
@@ -117,9 +120,8 @@ def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Opt
     Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
     """
     b, k, n = _check_common(x, weight, q, skip, activation)
-    for name, t, shape in (("grad_y", grad_y, (b, n)), ("x", x, (b, k)), ("weight", weight, (n, k)),
-                           ("z", z, (b, n)), ("q", q, (n, k))):
-        _check(name, t, shape, x.dtype)
+    _check(x.dtype, ("grad_y", grad_y, (b, n)), ("x", x, (b, k)), ("weight", weight, (n, k)), ("z", z, (b, n)),
+           ("q", q, (n, k)))
     dx = torch.empty(b, k, dtype=x.dtype)
     dw = torch.empty(n, k, dtype=x.dtype)
     db = torch.empty(n, dtype=x.dtype) if has_bias else None

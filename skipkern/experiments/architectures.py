@@ -15,7 +15,8 @@ import numpy as np
 
 from skipkern.experiments.common import (PAPER_CLAIMS, Context, Finding, compare, fmt, stats, verdict)
 from skipkern.experiments.deep import (LOG10_COND_CAP, accuracy_figure, acc_summary, curves, final_values,
-                                       run_conditions, run_rows, seeds_of, spectrum_values, write_outputs)
+                                       rank_floor, run_conditions, run_rows, seeds_of, spectrum_values,
+                                       write_outputs)
 from skipkern.experiments.runs import deep_spec, diag_series
 from skipkern.plotting import band_plot, layer_plot, new_figure, save_figure
 
@@ -79,7 +80,8 @@ def run(ctx: Context, cfg: dict) -> dict:
                + f". With the absolute threshold |lambda| <= {cfg.get('degenerate_eps')}: "
                + "; ".join(f"{a} {fmt(deg_abs[a], pct=True)}" for a in ARCHS)
                + ". Negative fraction (lambda < -threshold): " + "; ".join(f"{a} {fmt(neg[a], pct=True)}" for a in ARCHS)
-               + ". Spectral scale max|lambda|: " + "; ".join(f"{a} {fmt(scale[a], 3)}" for a in ARCHS) + ".")
+               + ". Spectral scale max|lambda|: " + "; ".join(f"{a} {fmt(scale[a], 3)}" for a in ARCHS) + ". "
+               + rank_floor(ctx, cfg, records["plain"])[1])
         f2 = Finding(2, PAPER_CLAIMS[2], verdict(c2), ev2, c2,
                      {"fraction_degenerate_rel": deg, "fraction_degenerate_abs": deg_abs, "fraction_negative_rel": neg,
                       "spectral_scale": scale}, "architectures_spectra")

@@ -69,6 +69,9 @@ def run(ctx: Context, cfg: dict) -> dict:
           f"{len(search_rows)} (mu, sigma, lam) candidates ({cfg['search_epochs']} epochs, seed {seeds[0]}) chose "
           f"mu = {best['mu']:.3g}, sigma = {best['sigma']:.3g}, lam = {best['lam']:.2g}. Final training accuracy: "
           + "; ".join(f"{k} {fmt(v, pct=True)}" for k, v in acc.items()) + ".")
+    if compare("residual", acc["residual"], "plain", acc["plain"], ">").outcome != "holds":
+        ev += (" Caution: at this depth and budget the residual net does not train better than the plain net, so "
+               "the comparisons with the residual net cannot come out as in the paper.")
     finding = Finding(4, PAPER_CLAIMS[4], verdict(comps), ev, comps, {"final_train_acc": acc, "chosen": best},
                       "biasreg_train_accuracy")
     figs = [accuracy_figure(out, "biasreg_train_accuracy", records, f"depth {cfg['depth']}: BiasReg study"),

@@ -58,6 +58,23 @@ def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec
     return out
 
 
+def rank_floor(ctx: Context, cfg: dict, records: Sequence[dict]) -> tuple[float, str]:
+    """The data-rank floor of the degenerate fraction and a sentence saying so.
+
+    With n samples and C classes the Gauss-Newton part of the cross-entropy Hessian has rank at most
+    n (C - 1), so at least 1 - n (C - 1) / P of its P eigenvalues are zero in any net: the measured
+    fractions can differ only above that floor."""
+    if not records or not cfg.get("spectrum_at"):
+        return math.nan, ""
+    ds = ctx.dataset(cfg.get("n_train"), cfg.get("n_test"))
+    n = min(int(cfg["spectrum_samples"]), ds.n_train)
+    P = int(records[0]["num_params"])
+    floor = max(0.0, 1.0 - n * (ds.num_classes - 1) / P)
+    return floor, (f"Note: the spectra use {n} samples of {ds.num_classes} classes, so the Gauss-Newton part of the "
+                   f"Hessian has rank <= {n * (ds.num_classes - 1)} of P = {P} parameters: at least {floor:.1%} of "
+                   f"the eigenvalues are (near) zero in every net, and the fractions differ only above that floor.")
+
+
 def final_values(records: Mapping[str, list], key: str = "train_acc") -> dict:
     """{condition: [final value per seed]}."""
     return {c: [final_metric(r, key) for r in recs] for c, recs in records.items()}

@@ -35,6 +35,10 @@ def run(ctx: Context, cfg: dict) -> dict:
     ev = ("Final training accuracy: " + "; ".join(f"{c} {fmt(v, pct=True)}" for c, v in acc.items())
           + f". 'Only slightly worse' is read as: not more than {slack * 100:.0f} percentage points (or the seed "
           f"noise) below the residual net.")
+    if compare("residual", acc["residual"], "plain", acc["plain"], ">").outcome != "holds":
+        ev += (" Caution: here the residual net does not train better than the plain net (result 1), so this "
+               "comparison says little about the paper's point that the skips help during training and not only "
+               "through the starting point.")
     finding = Finding(6, PAPER_CLAIMS[6], verdict(comps), ev, comps, {"final_train_acc": acc},
                       "malicious_train_accuracy")
     figs = [accuracy_figure(out, "malicious_train_accuracy", records, "malicious init: training accuracy")]

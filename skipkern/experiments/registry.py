@@ -28,7 +28,7 @@ DEEP_BASE = {
                  spectrum_samples=32, degenerate_eps=1e-3, degenerate_rel=1e-3),
     "quick": dict(depth=20, width=64, epochs=30, n_train=4000, n_test=1000, seeds=[0, 1, 2], lr=5e-4,
                   batch_size=500, diagnostics_every=10, diag_batch=500, spectrum_at=[0, 30], spectrum_probes=4,
-                  spectrum_steps=40, spectrum_samples=500, degenerate_eps=1e-3, degenerate_rel=1e-3),
+                  spectrum_steps=30, spectrum_samples=500, degenerate_eps=1e-3, degenerate_rel=1e-3),
     "full": dict(depth=20, width=128, epochs=100, n_train=None, n_test=None, seeds=[0, 1, 2, 3, 4], lr=5e-4,
                  batch_size=500, diagnostics_every=10, diag_batch=1000, spectrum_at=[0, 5, 25, 50, 100],
                  spectrum_probes=16, spectrum_steps=80, spectrum_samples=2000, degenerate_eps=1e-3, degenerate_rel=1e-3),

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 
 from skipkern.experiments.common import Context, read_json, write_json
 

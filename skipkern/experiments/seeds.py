@@ -25,7 +25,8 @@ import numpy as np
 from skipkern.experiments.architectures import cond_profile, singular_layers
 from skipkern.experiments.common import (INCONCLUSIVE, NOT_REPRODUCED, PAPER_CLAIMS, REPRODUCED, Context, Finding,
                                          correlation, fmt, stats)
-from skipkern.experiments.deep import (final_values, run_conditions, run_rows, spectrum_values, write_outputs)
+from skipkern.experiments.deep import (final_values, rank_floor, run_conditions, run_rows, spectrum_values,
+                                       write_outputs)
 from skipkern.experiments.runs import deep_spec, series
 from skipkern.plotting import new_figure, save_figure, scatter_fit
 
@@ -88,7 +89,8 @@ def run(ctx: Context, cfg: dict) -> dict:
     ev = (f"{len(seeds)} plain nets, final training accuracy {fmt(acc, pct=True)}. Primary measure "
           f"({LABELS[primary]}) vs final training accuracy: Spearman r = {c['spearman_r']:.2f} (p = "
           f"{c['spearman_p']:.2g}), Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.2g}), n = {c['n']}; "
-          f"the paper's trend is a negative correlation (p < {alpha:g} needed). Other measures: {others or 'none'}.")
+          f"the paper's trend is a negative correlation (p < {alpha:g} needed). Other measures: {others or 'none'}."
+          + (" " + rank_floor(ctx, cfg, records["plain"])[1] if primary.startswith("fraction_degenerate") else ""))
     finding = Finding(3, PAPER_CLAIMS[3], v, ev, [], {"primary": primary, "correlations": corr,
                                                       "final_train_acc": acc, "measures": cols}, "seeds_correlation")
     figs = [_figure(out, cols, acc, corr, primary)]

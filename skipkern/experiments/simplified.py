@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
 
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 from tqdm.auto import tqdm
 
 from skipkern.data import activation_fn, teacher_student
 from skipkern.experiments.common import (PAPER_CLAIMS, Context, Finding, compare, fmt, stats, verdict,
                                          write_csv, write_json)
-from skipkern.plotting import new_figure, save_figure
+from skipkern.plotting import new_figure, plt, save_figure
 
 NAME = "simplified"
 VARIANTS = ("plain", "skip")
@@ -236,6 +236,10 @@ def run(ctx: Context, cfg: dict) -> dict:
     return result
 
 
+# light grey (slow) to black (fast): slow regions stay visible and the coloured trajectories stand out
+_GREYS = ListedColormap(plt.get_cmap("Greys")(np.linspace(0.3, 1.0, 256)))
+
+
 def _figures(ctx: Context, cfg: dict, seed: int, traces: dict, out) -> list:
     fig, axes = new_figure(2, 1, width=5.2)
     colors = {"near_overlap": "#1f77b4", "near_elimination": "#ff7f0e", "random": "#7f7f7f"}
@@ -258,7 +262,7 @@ def _figures(ctx: Context, cfg: dict, seed: int, traces: dict, out) -> list:
     for ax, v in zip(axes, VARIANTS):
         H, Z, DH, DZ = flow_field(cfg, seed, v == "skip", cfg["grid"])
         speed = np.log10(np.hypot(DH, DZ) + 1e-12)
-        strm = ax.streamplot(H, Z, DH, DZ, color=speed, cmap="Greys", density=1.0, linewidth=0.7, arrowsize=0.7)
+        strm = ax.streamplot(H, Z, DH, DZ, color=speed, cmap=_GREYS, density=1.0, linewidth=0.7, arrowsize=0.7)
         fig.colorbar(strm.lines, ax=ax, label="log10 flow speed")
         tr = traces[v]
         # z passes through +-inf when w1 + w2 changes sign: break the line there instead of drawing a jump

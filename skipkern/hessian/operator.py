@@ -328,6 +328,12 @@ class HessianOperator(CurvatureOperator):
         self.data_passes += 1
         return (out / total).T
 
+    def release_workspace(self) -> None:
+        """Free the fused backend's cached [rows, k, width] buffers (kept between products so that
+        Lanczos steps do not re-allocate them); the next product re-creates them."""
+        if hasattr(self._impl, "release_workspace"):
+            self._impl.release_workspace()
+
     def loss_and_gradient(self) -> tuple[float, Tensor]:
         """The data-mean loss and its gradient [P] (float64 sum over batches), one data pass."""
         grad = torch.zeros(self._shape[0], dtype=torch.float64, device=self._device)
