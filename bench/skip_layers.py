@@ -170,9 +170,13 @@ def main(argv=None) -> None:
     ap.add_argument("--providers", default=None, help="comma-separated subset of providers")
     ap.add_argument("--budget", type=float, default=None, help="seconds of repeats per measurement")
     ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (also the cpp kernels' OpenMP threads); default: torch's")
     ap.add_argument("--no-save", action="store_true", help="print only, write no JSON")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     only = set(args.providers.split(",")) if args.providers else None
     providers = providers_for(args.device, not args.no_compile, only)
     if args.quick:
@@ -196,7 +200,8 @@ def main(argv=None) -> None:
     print()
     print(format_table(rows, cols))
     if not args.no_save:
-        path = write_results("skip_layers", rows, {"quick": args.quick, "depth": args.depth,
+        name = "skip_layers" if not args.threads else f"skip_layers-{args.threads}thread"
+        path = write_results(name, rows, {"quick": args.quick, "depth": args.depth,
                                                    "providers": providers, "argv": sys.argv[1:],
                                                    "loadavg_at_start": env["loadavg_1_5_15"]})
         print(f"\nwrote {path}")

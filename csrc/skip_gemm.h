@@ -28,7 +28,7 @@ enum class Skip { kNone, kIdentity, kDense };
 // Register blocking per ISA. AVX-512 has 32 vector registers: 8x2 = 16 accumulators for one product
 // (plus 2 B vectors and a broadcast), 6x2x2 = 24 for the dual product. 16-register ISAs get half.
 #if defined(__AVX512F__)
-constexpr int kNV = 2, kMR = 12, kMRDual = 6;
+constexpr int kNV = 2, kMR = 8, kMRDual = 6;
 #else
 constexpr int kNV = 2, kMR = 4, kMRDual = 2;
 #endif

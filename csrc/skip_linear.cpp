@@ -4,15 +4,17 @@
 // y, z [M, N] (z = x W^T + b, the pre-activation saved for backward).
 //
 // Forward: one packed, register-blocked GEMM per layer. W^T (and Q^T) are packed into NR-wide panels
-// once per call (O(NK), shared by the threads); each thread owns a block of rows of x and runs the
-// micro-kernel over its rows x every panel. The epilogue (bias, activation, z and y stores, identity
+// once per call (O(NK), in-register transposes, shared by the threads); each thread owns a block of
+// rows of x (a batch smaller than one MR block per thread splits the panels instead) and, chunk of MC
+// rows by chunk, runs the micro-kernel over its rows x every panel. The epilogue (bias, activation, z and y stores, identity
 // skip add or the second accumulator set of the dense skip x Q^T) is fused into the tile write-back,
 // so y and z are written exactly once and never re-read.
 //
-// Backward (g = grad_y): each thread walks its rows in chunks of MC rows; per chunk it computes
-// gz = g * act'(z) once into an L2-resident scratch (accumulating db), then dx = gz W (+ g, or + g Q as a
-// second reduction segment into the same registers) and its partial dW += gz^T x. Partial dW/db are
-// reduced across threads at the end (no atomics). Not fused: act'(z) is recomputed from z (no bitmask).
+// Backward (g = grad_y): each thread owns a block of rows. It walks them in chunks of MC rows,
+// computing gz = g * act'(z) once into its scratch (accumulating db) and, while the chunk is in L2,
+// dx = gz W (+ g, or + g Q as a second stretch of the reduction into the same registers). Then its
+// partial dW = gz^T x over all of its rows, each dW tile reduced in registers and stored once. Partial
+// dW/db are summed across threads at the end (no atomics). act'(z) is recomputed from z (no bitmask).
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
@@ -141,18 +143,24 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
   using R = typename V::reg;
   constexpr int MR = kMR, NV = kNV, NR = kNR<T>;
   const long npk = ceil_div(K, NR);  // panels over K (columns of dx and dW)
-  const long ldg = round_up(N, MR);  // gz chunk row stride, zero padded so dW's col-layout A has full tiles
-  // Chunk rows: gz chunk + packed x chunk ~ 384 KiB (L2), in whole MR blocks.
-  const long mc = std::clamp<long>(round_up((384 << 10) / ((ldg + npk * NR) * long(sizeof(T))), MR) - MR,
-                                   MR, 512);
+  const long ldg = round_up(N, MR);  // gz row stride, zero padded so dW's col-layout A has full tiles
+  // dx row chunk: its gz rows (~192 KiB) stay in L2 while the W (Q) panels stream past once.
+  const long mc = std::clamp<long>((192 << 10) / (ldg * long(sizeof(T))) / MR * MR, MR, 512);
+  // dW reduction block: kcb rows of gz (~512 KiB) per pass over the dW tiles.
+  const long kcb = std::clamp<long>((512 << 10) / (ldg * long(sizeof(T))) / MR * MR, 4 * MR, 2048);
   const long ldb = round_up(N, V::size);  // per-thread db partials
   Scratch& ws = thread_scratch();
   T* wp = ws.get<T>(0, npk * N * NR);
   T* qp = DENSE ? ws.get<T>(1, npk * N * NR) : nullptr;
   const int nt = threads_for(3.0 * M * N * K);
-  const std::size_t per_thread = mc * ldg + npk * mc * NR + MR * N + ldb + (nt > 1 ? N * K : 0);
+  const long rows_max = round_up(ceil_div(M, nt), MR);  // most rows a thread gets (row_range)
+  // Per thread: gz of its rows [rows_max, ldg], one packed x panel [kcb, NR], a padded tail of g
+  // [MR, N], db partial [ldb], and (threads > 0) a dW partial [N, K].
+  const std::size_t per_thread = rows_max * ldg + kcb * NR + MR * N + ldb + (nt > 1 ? N * K : 0);
   T* thread_bufs = ws.get<T>(2, nt * per_thread);
   auto buf = [&](int t) { return thread_bufs + t * per_thread; };
+  auto db_part = [&](int t) { return buf(t) + rows_max * ldg + kcb * NR + MR * N; };
+  auto dw_part = [&](int t) { return db_part(t) + ldb; };
 
 #pragma omp parallel num_threads(nt)
   {
@@ -161,26 +169,27 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
       pack_panel(w, N, K, K, j, wp + j * N * NR);
       if (DENSE) pack_panel(q, N, K, K, j, qp + j * N * NR);
     }
-    T* gzc = buf(t);                    // [mc, ldg]
-    T* xpk = gzc + mc * ldg;            // [npk, mc, NR]
-    T* tail = xpk + npk * mc * NR;      // [MR, N]
-    T* dbt = tail + MR * N;             // [ldb]
-    T* dwt = t == 0 ? dw : dbt + ldb;   // [N, K]: thread 0 accumulates straight into dW
+    T* gzt = buf(t);                         // [rows_max, ldg]
+    T* xpk = gzt + rows_max * ldg;           // [kcb, NR]
+    T* tail = xpk + kcb * NR;                // [MR, N]
+    T* dbt = db_part(t);                     // [ldb]
+    T* dwt = t == 0 ? dw : dw_part(t);       // [N, K]: thread 0 writes dW itself
     for (long n = 0; n < ldb; ++n) dbt[n] = T(0);
     long m_begin, m_end;
     row_range(M, t, team, MR, &m_begin, &m_end);
+    const long my_rows = m_end - m_begin;
 #pragma omp barrier
-    for (long c0 = m_begin; c0 < m_end; c0 += mc) {
-      const long rows = std::min(mc, m_end - c0), rows_pad = round_up(rows, MR);
-      // 1) gz = g * act'(z) for the chunk (zero padding rows/cols), db partial.
+    for (long c0 = 0; c0 < my_rows; c0 += mc) {  // c0, rows: relative to m_begin
+      const long rows = std::min(mc, my_rows - c0), rows_pad = round_up(rows, MR);
+      // 1) gz = g * act'(z) for the chunk (zero padding rows and columns), db partial.
       for (long r = 0; r < rows_pad; ++r) {
-        T* g = gzc + r * ldg;
+        T* g = gzt + (c0 + r) * ldg;
         if (r >= rows) {
           for (long n = 0; n < ldg; ++n) g[n] = T(0);
           continue;
         }
-        const T* gyr = gy + (c0 + r) * N;
-        const T* zr = zin + (c0 + r) * N;
+        const T* gyr = gy + (m_begin + c0 + r) * N;
+        const T* zr = zin + (m_begin + c0 + r) * N;
         for (long n = 0; n < N; n += V::size) {
           const int l = static_cast<int>(std::min<long>(V::size, N - n));
           R gz = load_lanes(gyr + n, l);
@@ -192,15 +201,16 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
       }
       // 2) dx = gz W (+ g | + g Q) for the chunk's rows; each W (Q) panel streams past the chunk once.
       const long last = (rows - 1) / MR * MR;  // chunk-relative first row of the last MR block
-      if (DENSE && rows - last < MR) pad_rows(gy + (c0 + last) * N, N, int(rows - last), MR, N, tail);
+      if (DENSE && rows - last < MR)
+        pad_rows(gy + (m_begin + c0 + last) * N, N, int(rows - last), MR, N, tail);
       for (long j = 0; j < npk; ++j) {
         const long k0 = j * NR;
         for (long mb = 0; mb < rows; mb += MR) {
           const int mr = static_cast<int>(std::min<long>(MR, rows - mb));
-          const long row0 = c0 + mb;
+          const long row0 = m_begin + c0 + mb;
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
-          micro_kernel<T, MR, NV, false, false>(c, c, gzc + mb * ldg, ldg, wp + j * N * NR, nullptr, N);
+          micro_kernel<T, MR, NV, false, false>(c, c, gzt + (c0 + mb) * ldg, ldg, wp + j * N * NR, nullptr, N);
           if (DENSE)  // second stretch of the reduction: + g Q, into the same registers
             micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? gy + row0 * N : tail, N, qp + j * N * NR,
                                                   nullptr, N);
@@ -219,15 +229,18 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
           }
         }
       }
-      // 3) dW (+)= gz^T x over the chunk: A = gz in col layout, B = packed x panels.
-      for (long j = 0; j < npk; ++j) pack_panel(x + c0 * K, rows, K, K, j, xpk + j * rows * NR);
-      const bool first = c0 == m_begin;
+    }
+    // 3) dW (thread part) = gz^T x over the thread's rows, in blocks of kcb rows whose gz (~512 KiB)
+    //    stays in L2 while one packed x panel at a time streams through the register tiles.
+    for (long kb = 0; kb < my_rows; kb += kcb) {
+      const long kr = std::min(kcb, my_rows - kb);
       for (long j = 0; j < npk; ++j) {
+        pack_panel(x + (m_begin + kb) * K, kr, K, K, j, xpk);
         const long k0 = j * NR;
         for (long ib = 0; ib < N; ib += MR) {
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
-          micro_kernel<T, MR, NV, true, false>(c, c, gzc + ib, ldg, xpk + j * rows * NR, nullptr, rows);
+          micro_kernel<T, MR, NV, true, false>(c, c, gzt + kb * ldg + ib, ldg, xpk, nullptr, kr);
           const int nr = static_cast<int>(std::min<long>(MR, N - ib));
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
@@ -238,7 +251,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
               const int n = lanes_in<T>(k0, v, K);
               if (n <= 0) break;
               T* o = out + v * V::size;
-              store_lanes(o, first ? c[i][v] : V::add(c[i][v], load_lanes(o, n)), n);
+              store_lanes(o, kb == 0 ? c[i][v] : V::add(c[i][v], load_lanes(o, n)), n);
             }
           }
         }
@@ -252,13 +265,13 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
       long ub, ue;
       row_range(M, u, team, MR, &ub, &ue);
       if (ub >= ue) continue;
-      const T* part = buf(u) + mc * ldg + npk * mc * NR + MR * N + ldb;
+      const T* part = dw_part(u);
       for (long e = e0; e < e1; ++e) dw[e] += part[e];
     }
     if (db && t == 0) {
       for (long n = 0; n < N; ++n) {
         T acc = T(0);
-        for (int u = 0; u < team; ++u) acc += (buf(u) + mc * ldg + npk * mc * NR + MR * N)[n];
+        for (int u = 0; u < team; ++u) acc += db_part(u)[n];
         db[n] = acc;
       }
     }

@@ -183,6 +183,11 @@ def _setup(args) -> None:
             raise CLIError(f"--device {device}: CUDA is not available here; use --device cpu")
         elif not (device == "cpu" or device.startswith("cuda")):
             raise CLIError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join the process group
+        from skipkern import distributed as sd
+        sd.init_from_env()
+        if not sd.is_main() and hasattr(args, "no_progress"):
+            args.no_progress = True  # one progress display (rank 0)
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 0:
@@ -219,6 +224,8 @@ def _jobs(args) -> int:
     jobs = getattr(args, "jobs", 1)
     if jobs < 0:
         raise CLIError(f"--jobs must be >= 0, got {jobs}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1  # under torchrun the ranks are the parallelism; no worker processes on top
     if jobs == 0:
         jobs = 1 if args.device.startswith("cuda") else max(1, min(4, os.cpu_count() or 1))
     return jobs

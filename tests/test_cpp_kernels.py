@@ -70,12 +70,18 @@ def test_launchers_match_reference(cpp, dtype, skip, act):
 
 @pytest.mark.parametrize("skip", SKIPS)
 def test_many_row_chunks_and_threads(cpp, skip):
-    """Wide layers: the backward walks several row chunks per thread and reduces partial dW/db."""
-    torch.set_num_threads(2)
-    _compare(cpp, torch.float64, 300, 512, 512, skip, "relu")
-    _compare(cpp, torch.float32, 300, 520, 520, skip, "gelu")
-    if skip != "identity":
-        _compare(cpp, torch.float64, 301, 520, 33, skip, "tanh")
+    """Wide layers: the backward walks several dx row chunks and dW row blocks per thread (block sizes
+    shrink as the width grows) and sums the threads' partial dW/db."""
+    prev = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            _compare(cpp, torch.float64, 300, 512, 512, skip, "relu")
+        _compare(cpp, torch.float32, 300, 520, 520, skip, "gelu")
+        if skip != "identity":
+            _compare(cpp, torch.float64, 301, 520, 33, skip, "tanh")
+    finally:
+        torch.set_num_threads(prev)
 
 
 def test_thread_counts_agree(cpp):

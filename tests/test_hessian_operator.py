@@ -247,3 +247,22 @@ def test_bad_inputs():
         bad[2, 1] = float("nan")
         with pytest.raises(ValueError, match="not finite"):
             HessianOperator(m, lf, (bad, y), backend=backend) @ torch.ones(op.shape[0], 1, dtype=F64)
+
+
+def test_fused_primal_cache_follows_parameter_and_data_changes():
+    m = small_mlp("residual", "tanh")
+    x, y = data()
+    lf = nn.CrossEntropyLoss()
+    op = HessianOperator(m, lf, (x, y), backend="fused")
+    V = torch.randn(op.shape[0], 2, dtype=F64)
+    first = op @ V
+    assert torch.equal(op @ V, first)  # second product reuses the cached primal pass
+    with torch.no_grad():
+        m.layers[1].weight.mul_(1.5)  # in place (bumps the version counter)
+    assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL
+    m.layers[2].bias.data.add_(0.3)  # through .data (does not bump it)
+    assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL
+    x.mul_(0.5)  # the data tensor itself, in place
+    assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL
+    op.release_workspace()
+    assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL

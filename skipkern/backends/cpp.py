@@ -21,18 +21,18 @@ except Exception as exc:  # a missing or broken build must be reported, not rais
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-_KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu")
+_KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu", "cpu_kernel_info")
+_MISSING = [] if _C is None else [k for k in _KERNELS if not hasattr(_C, k)]
+_ISA = _C.cpu_kernel_info()["isa"] if _C is not None and not _MISSING else ""
 
 
 def available() -> tuple[bool, str]:
     """Whether skipkern._C imports and exports the CPU kernels."""
     if _C is None:
         return False, f"skipkern._C failed to import ({_IMPORT_ERROR}); rebuild with pip install -e ."
-    missing = [k for k in _KERNELS if not hasattr(_C, k)]
-    if missing:
-        return False, f"skipkern._C lacks {missing} (stale build?); rebuild with pip install -e ."
-    info = _C.cpu_kernel_info()
-    return True, f"C++ {info['isa']}, {info['max_threads']} OpenMP threads"
+    if _MISSING:
+        return False, f"skipkern._C lacks {_MISSING} (stale build?); rebuild with pip install -e ."
+    return True, f"C++ {_ISA}, {torch.get_num_threads()} OpenMP threads"  # cheap: runs on every resolve
 
 
 def kernel_info() -> dict:

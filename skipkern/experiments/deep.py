@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from skipkern.experiments.common import Context, stats, write_csv, write_json
-from skipkern.experiments.runs import RunSpec, final_metric, series, train_run
+from skipkern.experiments.runs import RunSpec, cached_record, final_metric, series, train_run
 from skipkern.plotting import band_plot, bar_plot, new_figure, save_figure
 
 __all__ = ["run_conditions", "run_rows", "curves", "accuracy_figure", "spectrum_values", "seeds_of",
@@ -43,15 +43,37 @@ def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec
             bar.update(max(flat[i][1].epochs - done[i], 0))
             bar.set_postfix_str(f"{flat[i][0]} seed {flat[i][1].seed} done")
 
-        if ctx.jobs > 1 and len(flat) > 1:
+        cached = [cached_record(s, ctx) for _, s in flat]
+        first: dict = {}  # a spec listed twice is trained once (two writers must not share a folder)
+        dup: dict = {}
+        todo = []
+        for i, r in enumerate(cached):
+            if r is not None:
+                finish(i, r)
+                continue
+            k = flat[i][1].key(ctx)
+            if k in first:
+                dup[i] = first[k]
+            else:
+                first[k] = i
+                todo.append(i)
+        if ctx.jobs > 1 and len(todo) > 1:  # workers only for what is not on disk yet
             from skipkern.experiments.parallel import run_specs
-            recs = run_specs(ctx, [s for _, s in flat], tick, finish)
+            fresh = run_specs(ctx, [flat[i][1] for i in todo], lambda j: tick(todo[j]),
+                              lambda j, rec: finish(todo[j], rec))
+            recs = list(cached)
+            for i, r in zip(todo, fresh):
+                recs[i] = r
         else:
-            recs = []
-            for i, (c, s) in enumerate(flat):
+            recs = list(cached)
+            for i in todo:
+                c, s = flat[i]
                 bar.set_postfix_str(f"{c} seed {s.seed}")
-                recs.append(train_run(s, ctx, lambda rec, i=i: tick(i) if rec.get("epoch", 0) > 0 else None))
-                finish(i, recs[-1])
+                recs[i] = train_run(s, ctx, lambda rec, i=i: tick(i) if rec.get("epoch", 0) > 0 else None)
+                finish(i, recs[i])
+        for i, j in dup.items():
+            recs[i] = recs[j]
+            finish(i, recs[i])
     out: dict = {c: [] for c in specs}
     for (c, _), r in zip(flat, recs):
         out[c].append(r)

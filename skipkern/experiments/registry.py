@@ -27,7 +27,7 @@ DEEP_BASE = {
                  diagnostics_every=1, diag_batch=32, spectrum_at=[0, 1], spectrum_probes=2, spectrum_steps=6,
                  spectrum_samples=32, degenerate_eps=1e-3, degenerate_rel=1e-3),
     "quick": dict(depth=20, width=64, epochs=30, n_train=4000, n_test=1000, seeds=[0, 1, 2], lr=5e-4,
-                  batch_size=500, diagnostics_every=10, diag_batch=500, spectrum_at=[0, 30], spectrum_probes=4,
+                  batch_size=500, diagnostics_every=10, diag_batch=500, spectrum_at=[0, 30], spectrum_probes=3,
                   spectrum_steps=30, spectrum_samples=500, degenerate_eps=1e-3, degenerate_rel=1e-3),
     "full": dict(depth=20, width=128, epochs=100, n_train=None, n_test=None, seeds=[0, 1, 2, 3, 4], lr=5e-4,
                  batch_size=500, diagnostics_every=10, diag_batch=1000, spectrum_at=[0, 5, 25, 50, 100],
@@ -41,10 +41,11 @@ _SPECIFIC = {
               "full": dict(degenerate_fractions=[0.25, 0.5, 0.75, 0.9], equal_tol=0.03)},
     "malicious": {"tiny": dict(slight_tol=0.05), "quick": dict(slight_tol=0.05), "full": dict(slight_tol=0.05)},
     "seeds": {"tiny": dict(n_nets=3, primary_measure="fraction_degenerate_rel", alpha=0.05),
-              "quick": dict(n_nets=10, primary_measure="fraction_degenerate_rel", alpha=0.05),
+              "quick": dict(n_nets=8, primary_measure="fraction_degenerate_rel", alpha=0.05),
               "full": dict(n_nets=30, primary_measure="fraction_degenerate_rel", alpha=0.05)},
     "biasreg": {"tiny": dict(depth=4, search_candidates=2, search_epochs=1, search_seed=0, close_tol=0.05),
-                "quick": dict(depth=30, search_candidates=4, search_epochs=15, search_seed=0, close_tol=0.05),
+                "quick": dict(depth=30, seeds=[0, 1], search_candidates=4, search_epochs=10, search_seed=0,
+                              close_tol=0.05),
                 "full": dict(depth=30, search_candidates=20, search_epochs=30, search_seed=0, close_tol=0.05)},
 }
 

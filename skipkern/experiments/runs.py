@@ -22,7 +22,7 @@ from skipkern.experiments.common import Context, read_json, write_json
 
 log = logging.getLogger("skipkern")
 
-__all__ = ["RunSpec", "train_run", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
+__all__ = ["RunSpec", "train_run", "cached_record", "run_folder", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
 
 RECORD_VERSION = 1
 
@@ -156,6 +156,21 @@ def relative_fractions(history: list, rel: float) -> None:
                     fraction_negative_rel_se=float(neg[1]))
 
 
+def run_folder(spec: RunSpec, ctx: Context):
+    return ctx.runs_dir / f"{spec.label or spec.arch}-{spec.key(ctx)}"
+
+
+def cached_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
+    """The finished record of ``spec`` if an earlier run wrote one with the same identity, else None."""
+    rec_path = run_folder(spec, ctx) / "record.json"
+    if rec_path.is_file():
+        rec = read_json(rec_path)
+        if rec.get("identity") == json.loads(json.dumps(spec.identity(ctx), default=str)):
+            rec["cached"] = True
+            return rec
+    return None
+
+
 def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train (or load the finished record of) one run. Returns its record: spec, history (compact),
     final metrics, model parameter count, elapsed seconds and the run folder.
@@ -163,13 +178,11 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
     ``on_epoch`` is called with each epoch's record as training goes (progress bars)."""
     from skipkern.train import TrainConfig, train
 
-    folder = ctx.runs_dir / f"{spec.label or spec.arch}-{spec.key(ctx)}"
+    rec = cached_record(spec, ctx)
+    if rec is not None:
+        return rec
+    folder = run_folder(spec, ctx)
     rec_path = folder / "record.json"
-    if rec_path.is_file():
-        rec = read_json(rec_path)
-        if rec.get("identity") == json.loads(json.dumps(spec.identity(ctx), default=str)):
-            rec["cached"] = True
-            return rec
     data = ctx.dataset(spec.n_train, spec.n_test, spec.data_seed)
     model, reg = _build(spec, ctx, data)
     cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, device=ctx.device,
