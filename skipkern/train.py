@@ -416,7 +416,7 @@ def _check_resume(ckpt: dict, path: Path, mcfg: Optional[dict], config: TrainCon
     diff = _arch_diff(ckpt.get("model_config"), mcfg)
     if diff or ckpt.get("model_class") is None:
         raise ValueError(f"checkpoint {path} holds a different architecture ({'; '.join(diff)}); use another "
-                         f"output folder or resume=False to start over")
+                         f"output folder or resume=False (CLI: --no-resume) to start over")
     saved, cur = ckpt.get("config", {}), config.to_dict()
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs this run {cur.get(k)!r}" for k in RESUME_KEYS
             if saved.get(k) != cur.get(k)]
@@ -425,7 +425,7 @@ def _check_resume(ckpt: dict, path: Path, mcfg: Optional[dict], config: TrainCon
              if dsaved.get(k) != dcur.get(k)]
     if diff:
         raise ValueError(f"checkpoint {path} was written by a run with other settings ({'; '.join(diff)}); "
-                         f"use another output folder or resume=False to start over")
+                         f"use another output folder or resume=False (CLI: --no-resume) to start over")
 
 
 def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None, *,

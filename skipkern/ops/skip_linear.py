@@ -122,10 +122,14 @@ def _in_functorch_transform() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-@torch._dynamo.assume_constant_result
 def _resolve(backend: str, device: torch.device, dtype: torch.dtype, x_shape: tuple, w_shape: tuple) -> str:
     # Backend choice is host-side Python (imports, env, warnings): torch.compile treats it as a constant.
     return backends.resolve("skip_linear", backend, device, dtype, (x_shape, w_shape))
+
+
+# What torch._dynamo.assume_constant_result does, set by hand: importing torch._dynamo here would add
+# about a second to every `import skipkern`.
+_resolve._dynamo_marked_constant = True
 
 
 def normalize_skip(skip: SkipArg) -> tuple[str, Optional[Tensor]]:
