@@ -14,7 +14,7 @@ lanczos_approximate_spectrum (one probe at a time, no reorthogonalisation; bound
 it does the same number of products). Times are per probe relative to one gradient evaluation
 (the faster of skipkern's SkipMLP and the plain-torch copy). Writes bench/results/hessian-*.json.
 
-    python bench/hessian.py [--samples 2000] [--probes 10] [--steps 80] [--no-density] [--threads N]
+    python bench/hessian.py [--samples 2000] [--probes 10] [--steps 80] [--no-density] [--threads N] [--tag T]
 """
 from __future__ import annotations
 
@@ -132,7 +132,28 @@ def curvlinops_provider(model, loss_fn, x, y):
 
 
 def timed(fn, budget_s: float, min_repeats: int = 2) -> dict:
-    return measure(fn, warmup=1, min_repeats=min_repeats, max_repeats=20, budget_s=budget_s)
+    """bench.common.measure's wall-clock statistics plus the process CPU time of the fastest call
+    (all threads; less sensitive than wall time to other jobs on a shared machine)."""
+    cpu = []
+
+    def wrapped():
+        c0 = time.process_time()
+        fn()
+        cpu.append((time.process_time() - c0) * 1e3)
+    stats = measure(wrapped, warmup=1, min_repeats=min_repeats, max_repeats=20, budget_s=budget_s)
+    stats["cpu_ms"] = min(cpu[1:]) if len(cpu) > 1 else cpu[0]
+    return stats
+
+
+class Clock:
+    """Wall and process CPU seconds of a block."""
+
+    def __enter__(self):
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
 
 
 def main() -> None:
@@ -144,6 +165,7 @@ def main() -> None:
     ap.add_argument("--no-density", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per HVP measurement")
+    ap.add_argument("--tag", default="", help="suffix of the results name (hessian<tag>-<device>-<date>.json)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,6 +189,7 @@ def main() -> None:
 
     g_skip, g_plain = timed(grad_skip, 2.0, 5), timed(grad_plain, 2.0, 5)
     grad_ms = min(g_skip["min_ms"], g_plain["min_ms"])
+    grad_cpu_ms = min(g_skip["cpu_ms"], g_plain["cpu_ms"])
     print(f"one gradient: skipkern SkipMLP {g_skip['min_ms']:.1f} ms, plain torch {g_plain['min_ms']:.1f} ms")
 
     providers, skipped = {}, {}
@@ -205,7 +228,7 @@ def main() -> None:
             ref = out if ref is None else ref
             err = float((out - ref).norm() / ref.norm())
             rows.append({"section": "hvp", "provider": name, "k": k, "ms": stats["min_ms"],
-                         "median_ms": stats["median_ms"], "ms_per_probe": stats["min_ms"] / k,
+                         "median_ms": stats["median_ms"], "cpu_ms": stats["cpu_ms"], "ms_per_probe": stats["min_ms"] / k,
                          "grads_per_probe": stats["min_ms"] / k / grad_ms, "rel_err_vs_fused": err})
             print(f"  k={k:3d} {name:22s} {stats['min_ms']:10.1f} ms  {stats['min_ms'] / k / grad_ms:6.2f} grads/probe"
                   f"  (rel diff vs fused {err:.1e})", flush=True)
@@ -213,27 +236,35 @@ def main() -> None:
     for r in rows:
         base = by.get(("fused", r["k"]))
         r["fused_speedup_per_probe"] = r["ms"] / base["ms"] if base else None
+        r["fused_speedup_cpu"] = r["cpu_ms"] / base["cpu_ms"] if base else None
+        r["grads_per_probe_cpu"] = r["cpu_ms"] / r["k"] / grad_cpu_ms
 
     dens = []
     if not args.no_density:
         dens = density_section(args, model, plain, lf, x, y, P, grad_ms, skipped)
+        for r in dens:
+            r["ours_faster_by_cpu"] = r["cpu_seconds"] / dens[0]["cpu_seconds"]
     print()
     print(format_table(rows, [("provider", "provider", "s"), ("k", "k", "d"), ("ms", "ms", ".1f"),
                               ("ms_per_probe", "ms/probe", ".1f"), ("grads_per_probe", "grads/probe", ".2f"),
-                              ("fused_speedup_per_probe", "fused faster by", ".2f")]))
+                              ("fused_speedup_per_probe", "fused faster by", ".2f"),
+                              ("grads_per_probe_cpu", "cpu grads/probe", ".2f"),
+                              ("fused_speedup_cpu", "cpu: fused faster by", ".2f")]))
     if dens:
         print()
         print(format_table(dens, [("provider", "density", "s"), ("seconds", "seconds", ".1f"),
                                   ("data_passes", "data passes", "d"), ("hvp_vectors", "HVP vectors", "d"),
                                   ("seconds_per_probe_per_grad", "grads/(probe*step)", ".2f"),
-                                  ("ours_faster_by", "ours faster by", ".2f")]))
+                                  ("ours_faster_by", "ours faster by", ".2f"), ("cpu_seconds", "cpu s", ".1f"),
+                                  ("ours_faster_by_cpu", "cpu: ours faster by", ".2f")]))
     targets = check_targets(rows, dens)
     for t, v in targets.items():
         print(f"target {t}: {v}")
     extra = {"model": "SkipMLP(40,128,20,10, residual)", "P": P, "samples": args.samples, "data": source,
+             "threads": torch.get_num_threads(), "timing": "min over repeats (wall); cpu_* = process CPU time",
              "dtype": "float32", "grad_ms": {"skipkern": g_skip, "plain_torch": g_plain, "used": grad_ms},
              "density": dens, "skipped": skipped, "targets": targets}
-    path = write_results("hessian", rows, extra)
+    path = write_results(f"hessian{args.tag}", rows, extra)
     print("wrote", path)
 
 
@@ -241,20 +272,22 @@ def density_section(args, model, plain, lf, x, y, P, grad_ms, skipped) -> list:
     k, m = args.probes, args.steps
     out = []
     op = HessianOperator(model, lf, (x, y), backend="fused")
-    t0 = time.perf_counter()
-    d = spectral_density(op, num_probes=k, num_steps=m, seed=0, progress=True)
-    ours = time.perf_counter() - t0
+    with Clock() as c:
+        d = spectral_density(op, num_probes=k, num_steps=m, seed=0, progress=True)
+    ours = c.wall
     lo, hi = float(d.nodes[d.weights > 0].min()), float(d.nodes[d.weights > 0].max())
-    out.append({"provider": "skipkern (lockstep, fp64 full reorth)", "seconds": ours, "data_passes": op.data_passes,
-                "hvp_vectors": op.num_vectors, "lambda_min": lo, "lambda_max": hi})
+    out.append({"provider": "skipkern (lockstep, fp64 full reorth)", "seconds": ours, "cpu_seconds": c.cpu,
+                "data_passes": op.data_passes, "hvp_vectors": op.num_vectors, "lambda_min": lo, "lambda_max": hi,
+                "fraction_negative": d.fraction_negative(0.0).value})
     print(f"density ours: {ours:.1f} s, {op.data_passes} data passes, lambda in [{lo:.4g}, {hi:.4g}]", flush=True)
     ph, why = pyhessian_provider(plain, lf, x, y)
     if ph is not None:
-        t0 = time.perf_counter()
         hess = ph[1]
-        evs, _ = hess.density(iter=m, n_v=k)
-        secs = time.perf_counter() - t0 + ph[2]
-        out.append({"provider": "pyhessian density()", "seconds": secs, "data_passes": 1, "hvp_vectors": k * m,
+        with Clock() as c:
+            evs, _ = hess.density(iter=m, n_v=k)
+        secs = c.wall + ph[2]
+        out.append({"provider": "pyhessian density()", "seconds": secs, "cpu_seconds": c.cpu + ph[2],
+                    "data_passes": 1, "hvp_vectors": k * m,
                     "lambda_min": float(np.min(evs)), "lambda_max": float(np.max(evs))})
         print(f"density pyhessian: {secs:.1f} s", flush=True)
     else:
@@ -264,11 +297,11 @@ def density_section(args, model, plain, lf, x, y, P, grad_ms, skipped) -> list:
         from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
         params = [p for p in plain.parameters()]
         H = HessianLinearOperator(plain, lf, params, [(x, y)], check_deterministic=False)
-        t0 = time.perf_counter()
-        lanczos_approximate_spectrum(H, m, num_repeats=k, boundaries=(lo, hi))
-        secs = time.perf_counter() - t0
-        out.append({"provider": "curvlinops lanczos_approximate_spectrum", "seconds": secs, "data_passes": k * m,
-                    "hvp_vectors": k * m})
+        with Clock() as c:
+            lanczos_approximate_spectrum(H, m, num_repeats=k, boundaries=(lo, hi))
+        secs = c.wall
+        out.append({"provider": "curvlinops lanczos_approximate_spectrum", "seconds": secs, "cpu_seconds": c.cpu,
+                    "data_passes": k * m, "hvp_vectors": k * m})
         print(f"density curvlinops: {secs:.1f} s", flush=True)
     except Exception as exc:
         skipped["curvlinops density"] = f"{type(exc).__name__}: {exc}"

@@ -182,7 +182,10 @@ class HessianOperator(CurvatureOperator):
             data are cast to it.
         backend: "auto" (fused when supported, else generic, the reason logged), "fused" or "generic".
         memory_budget: bytes of working memory per product chunk (default 1 GiB); directions and rows
-            are chunked to fit, which does not change the result beyond rounding.
+            are chunked to fit, which does not change the result beyond rounding. The fused backend
+            also keeps its primal pass per batch (reused while data and parameters are unchanged, as
+            in Lanczos) and its [rows, k, width] buffers, within half the budget for the former;
+            ``release_workspace()`` frees both.
         train_mode: evaluate in train mode (default False: eval mode). The modes of all submodules are
             restored after each product; BatchNorm running statistics are never updated.
     """
