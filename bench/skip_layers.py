@@ -130,10 +130,14 @@ def bench_case(model: str, batch: int, width: int, skip: str, depth: int, device
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, width, generator=g).to(device)
     grad_y = torch.randn(batch, width if model == "SkipLinear" else 10, generator=g).to(device)
+    if "torch.compile" in providers:
+        # Every configuration compiles the same function code: start each from an empty dynamo cache,
+        # or the recompile limit would silently send later configurations back to eager.
+        torch._dynamo.reset()
     calls = {}
     for prov in providers:
         for mode, (call, setup) in _callables(prov, model, batch, width, skip, depth, device, x, grad_y).items():
-            measure(call, device=device, setup=setup, warmup=3, min_repeats=1, max_repeats=1)  # warm-up/compile
+            measure(call, device=device, setup=setup, warmup=2, min_repeats=1, max_repeats=1)  # warm-up/compile
             calls[(prov, mode)] = (call, setup)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = {key: [] for key in calls}
