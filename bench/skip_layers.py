@@ -54,11 +54,12 @@ def kernel_chain(name: str, layers) -> Callable:
              *normalize_skip(layer.skip_arg), layer.activation) for layer in layers]
 
     def run(x: torch.Tensor, grad_y: Optional[torch.Tensor] = None):
-        saved = []
+        saved = []  # (input, z) per layer, kept only when a backward follows (as autograd would)
         for w, b, kind, q, act in spec:
             q = None if q is None else q.detach()
             y, z = launch.skip_linear_fwd(x, w, b, q, kind, act)
-            saved.append((x, z))
+            if grad_y is not None:
+                saved.append((x, z))
             x = y
         if grad_y is None:
             return x

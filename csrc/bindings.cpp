@@ -4,8 +4,10 @@
 namespace py = pybind11;
 
 void register_skip_linear(py::module_& m);  // csrc/skip_linear.cpp
+void register_rop_epilogue(py::module_& m);  // csrc/rop_epilogue.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "skipkern CPU kernels (C++/OpenMP, raw pointers)";
   register_skip_linear(m);
+  register_rop_epilogue(m);
 }

@@ -1,4 +1,4 @@
-"""The "cpp" backend: C++/OpenMP CPU kernels of skipkern._C (csrc/skip_linear.cpp).
+"""The "cpp" backend: C++/OpenMP CPU kernels of skipkern._C (csrc/skip_linear.cpp, csrc/rop_epilogue.cpp).
 
 Launchers check, allocate with torch and pass raw data pointers; the C++ never sees a torch tensor.
 float32 and float64 on CPU tensors; the threads are OpenMP's (torch.set_num_threads sets both pools,
@@ -22,6 +22,7 @@ except Exception as exc:  # a missing or broken build must be reported, not rais
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu", "cpu_kernel_info")
+_ROP_KERNELS = ("rop_epilogue_fwd_cpu", "rop_epilogue_bwd_cpu")  # checked per op: an old build keeps skip_linear
 _MISSING = [] if _C is None else [k for k in _KERNELS if not hasattr(_C, k)]
 _ISA = _C.cpu_kernel_info()["isa"] if _C is not None and not _MISSING else ""
 
@@ -41,9 +42,11 @@ def kernel_info() -> dict:
 
 
 def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
-    """skip_linear on CPU tensors of float32/float64, any sizes."""
-    if op != "skip_linear":
+    """skip_linear and rop_epilogue on CPU tensors of float32/float64, any sizes."""
+    if op not in ("skip_linear", "rop_epilogue"):
         return False, f"cpp backend has no op {op!r}"
+    if op == "rop_epilogue" and any(not hasattr(_C, k) for k in _ROP_KERNELS):
+        return False, f"skipkern._C lacks {list(_ROP_KERNELS)} (stale build?); rebuild with pip install -e ."
     if device_type != "cpu":
         return False, f"cpp backend runs on cpu tensors, not {device_type}"
     if dtype not in _DTYPES:
@@ -133,3 +136,42 @@ def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Opt
     _C.skip_linear_bwd_cpu(_DTYPES[x.dtype], grad_y.data_ptr(), x.data_ptr(), weight.data_ptr(), z.data_ptr(),
                            _ptr(q), dx.data_ptr(), dw.data_ptr(), _ptr(db), b, k, n, skip, activation)
     return dx, dw, db
+
+
+# ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)
+def rop_epilogue_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Optional[Tensor],
+                     hsum: Optional[Tensor], c: float, t2_out: Optional[Tensor] = None) -> Optional[Tensor]:
+    """One pass, in place: t2 = out * d2; out = out * d1 + skip_in + c * hsum (see rop_reference).
+
+    out, skip_in, hsum, t2_out [n, k, N]; d1, d2 [n, N]; contiguous CPU float32/float64.
+    Returns t2 [n, k, N] (t2_out, or a new tensor) when d2 is given, else None.
+    """
+    from skipkern.hessian.rop_reference import check_fwd
+    n, k, N = check_fwd(out, d1, d2, skip_in, hsum, c, t2_out)
+    if out.dtype not in _DTYPES:
+        raise TypeError(f"out must be float32 or float64 for the cpp backend, got {out.dtype}")
+    _check(out.dtype, ("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)),
+           ("skip_in", skip_in, (n, k, N)), ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N)))
+    t2 = None if d2 is None else (t2_out if t2_out is not None else torch.empty_like(out))
+    if out.numel():
+        _C.rop_epilogue_fwd_cpu(_DTYPES[out.dtype], out.data_ptr(), d1.data_ptr(), _ptr(d2), _ptr(skip_in),
+                                _ptr(hsum), _ptr(t2), float(c) if hsum is not None else 0.0, n, k, N)
+    return t2
+
+
+def rop_epilogue_bwd(rgh: Optional[Tensor], d1: Optional[Tensor], gh: Optional[Tensor], t2: Optional[Tensor],
+                     out: Optional[Tensor] = None) -> Tensor:
+    """One pass: out = rgh * d1 + gh * t2 (see rop_reference). rgh, t2, out [n, k, N]; d1, gh [n, N]."""
+    from skipkern.hessian.rop_reference import check_bwd
+    n, k, N = check_bwd(rgh, d1, gh, t2, out)
+    ref = rgh if rgh is not None else t2
+    if ref.dtype not in _DTYPES:
+        raise TypeError(f"rgh/t2 must be float32 or float64 for the cpp backend, got {ref.dtype}")
+    _check(ref.dtype, ("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1 if rgh is not None else None, (n, N)),
+           ("gh", gh if t2 is not None else None, (n, N)), ("out", out, (n, k, N)))
+    if out is None:
+        out = torch.empty(n, k, N, dtype=ref.dtype)
+    if out.numel():
+        _C.rop_epilogue_bwd_cpu(_DTYPES[ref.dtype], _ptr(rgh), _ptr(d1 if rgh is not None else None),
+                                _ptr(gh if t2 is not None else None), _ptr(t2), out.data_ptr(), n, k, N)
+    return out

@@ -1,4 +1,4 @@
-"""The "torch" backend: the plain-PyTorch reference, runs anywhere."""
+"""The "torch" backend: the plain-PyTorch reference, runs anywhere (ops skip_linear and rop_epilogue)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,3 +24,16 @@ def skip_linear_fwd(x, weight, bias, q, skip: str, activation: str):
 
 def skip_linear_bwd(grad_y, x, weight, z, q, skip: str, activation: str, has_bias: bool):
     return skip_linear_bwd_ref(grad_y, x, weight, z, q, skip, activation, has_bias)
+
+
+# ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)
+def rop_epilogue_fwd(out, d1, d2, skip_in, hsum, c: float, t2_out=None):
+    """See skipkern.hessian.rop_reference.rop_epilogue_fwd_ref (imported here lazily: no import cycle)."""
+    from skipkern.hessian.rop_reference import rop_epilogue_fwd_ref
+    return rop_epilogue_fwd_ref(out, d1, d2, skip_in, hsum, c, t2_out)
+
+
+def rop_epilogue_bwd(rgh, d1, gh, t2, out=None):
+    """See skipkern.hessian.rop_reference.rop_epilogue_bwd_ref."""
+    from skipkern.hessian.rop_reference import rop_epilogue_bwd_ref
+    return rop_epilogue_bwd_ref(rgh, d1, gh, t2, out)

@@ -1,4 +1,4 @@
-"""The "triton" backend: Triton kernels from ``skipkern.kernels.skip_linear``.
+"""The "triton" backend: Triton kernels from ``skipkern.kernels.skip_linear`` and ``.rop_epilogue``.
 
 Runs CUDA tensors on the GPU, or CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (tests, CI; slow). float32/float64 everywhere; float16/bfloat16
@@ -14,10 +14,11 @@ import torch
 try:  # a missing or broken triton must show up as a reason, not as an import error of the registry
     import triton as _triton
 
+    from skipkern.kernels import rop_epilogue as _rop
     from skipkern.kernels import skip_linear as _k
     _IMPORT_ERROR: Optional[str] = None
 except Exception as exc:  # noqa: BLE001 - any failure (ImportError, driver probing) means "unavailable"
-    _k = None
+    _k = _rop = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 _FLOATS = (torch.float32, torch.float64)
@@ -37,9 +38,12 @@ def available() -> tuple[bool, str]:
 
 
 def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
-    """Whether the Triton kernels run ``op`` for this device type, dtype and shapes ((B, K), (N, K))."""
+    """Whether the Triton kernels run ``op`` for this device type, dtype and shapes ((B, K), (N, K)
+    for skip_linear; ((n, k, N),) for rop_epilogue)."""
+    if op == "rop_epilogue":
+        return _supports_rop(device_type, dtype, shapes)
     if op != "skip_linear":
-        return False, f"the triton backend implements only skip_linear, not {op!r}"
+        return False, f"the triton backend implements skip_linear and rop_epilogue, not {op!r}"
     ok, reason = available()
     if not ok:
         return False, reason
@@ -71,3 +75,43 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """(dx [B, K], dW [N, K], db [N] or None) (see kernels.skip_linear.skip_linear_bwd)."""
     return _k.skip_linear_bwd(grad_y, x, weight, z, q, skip, activation, has_bias)
+
+
+# ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)
+def _supports_rop(device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
+    """rop_epilogue: CUDA tensors, or CPU tensors through the interpreter; float32/float64; < 2**31 elements."""
+    ok, reason = available()
+    if not ok:
+        return False, reason
+    if device_type == "cpu" and not _rop.INTERPRET:
+        return False, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before import)"
+    if device_type == "cuda" and _rop.INTERPRET:
+        return False, "Triton is in interpreter mode (TRITON_INTERPRET=1): it would run GPU tensors on the host"
+    if device_type not in ("cpu", "cuda"):
+        return False, f"device type {device_type!r} is not supported (cuda, or cpu through the interpreter)"
+    if dtype not in _FLOATS:
+        return False, f"rop_epilogue supports float32 and float64, not {dtype}"
+    for shape in shapes:
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        if numel > _rop.INT32_LIMIT:
+            return False, f"shape {tuple(shape)} exceeds the int32 indexing of the kernel (2**31 elements)"
+    return True, ""
+
+
+def rop_epilogue_fwd(out: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Tensor],
+                     skip_in: Optional[torch.Tensor], hsum: Optional[torch.Tensor], c: float,
+                     t2_out: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """In place on out [n, k, N]: t2 = out * d2; out = out * d1 + skip_in + c * hsum (see rop_reference)."""
+    from skipkern.hessian.rop_reference import check_fwd
+    check_fwd(out, d1, d2, skip_in, hsum, c, t2_out)
+    return _rop.rop_epilogue_fwd(out, d1, d2, skip_in, hsum, c, t2_out)
+
+
+def rop_epilogue_bwd(rgh: Optional[torch.Tensor], d1: Optional[torch.Tensor], gh: Optional[torch.Tensor],
+                     t2: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out [n, k, N] = rgh * d1 + gh * t2 (see rop_reference)."""
+    from skipkern.hessian.rop_reference import check_bwd
+    check_bwd(rgh, d1, gh, t2, out)
+    return _rop.rop_epilogue_bwd(rgh, d1, gh, t2, out)

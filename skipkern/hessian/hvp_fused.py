@@ -19,9 +19,11 @@ row chunk and cached while the batch tensors and the parameters keep their value
 multiplies by the same Hessian every step, pays it once); the [n, k, width] R-tensors live in
 workspace buffers reused across layers and calls. Rows are chunked to fit ``memory_budget``.
 FLOPs: 12 n K N per direction and layer (6 GEMMs), i.e. 2 gradients per direction, + 1 gradient
-per product (or none when cached). Not fused yet: the elementwise mask/bias/skip passes (plain torch
-ops on the [n, k, width] buffers). Plain torch: this file is both the fused backend on CPU and the
-reference of any kernel version.
+per product (or none when cached). The elementwise passes on the [n, k, width] buffers (act', act''
+masks, identity skip and hyper-sum adds; R delta = R g act' + g act'' R z) are one pass each through the
+registry op "rop_epilogue" (cpp / triton kernels, torch reference in skipkern.hessian.rop_reference),
+resolved once per product: ``epilogue_backend``, else SKIPKERN_BACKEND, else auto (cpp on CPU tensors,
+triton on CUDA, torch otherwise). The GEMMs are torch's.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skipkern import backends
 from skipkern.nn.skip_mlp import SkipMLP
 from skipkern.reference import activation_grad_ref, activation_ref
 
@@ -100,8 +103,14 @@ def supports(model: nn.Module, loss_fn: Callable, names: Sequence[str]) -> tuple
 class FusedHVP:
     """Batched HVPs of a SkipMLP by the analytic R-op (see module docstring)."""
 
-    def __init__(self, model: SkipMLP, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype):
+    def __init__(self, model: SkipMLP, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype,
+                 epilogue_backend: Optional[str] = None):
+        if epilogue_backend is not None and epilogue_backend != "auto" and epilogue_backend not in backends.BACKENDS:
+            raise ValueError(f"epilogue_backend must be None, 'auto' or one of {sorted(backends.BACKENDS)}, "
+                             f"got {epilogue_backend!r}")
         self.model, self.names, self.dtype = model, list(names), dtype
+        self.epilogue_backend = epilogue_backend
+        self._rop = None  # launcher module of the rop_epilogue backend, set per product by batch_hvp
         self.spec, _ = loss_spec(loss_fn)
         self.where = [_layer_param(n, len(model.layers)) for n in self.names]
         self._ws: dict[str, Tensor] = {}
@@ -213,6 +222,10 @@ class FusedHVP:
         dirs = self._directions(Vt, layers)
         res: list[Optional[Tensor]] = [None if d is None else torch.zeros_like(d) for d in dirs]
         rows = self.rows_per_chunk(n, k, memory_budget, layers)
+        width = max(L["w"].shape[0] for L in layers)
+        # One resolution per product (the registry logs once which backend ran).
+        self._rop = backends.launcher(backends.resolve("rop_epilogue", self.epilogue_backend, x.device,
+                                                       self.dtype, ((min(rows, n), k, width),)))
         loss = 0.0
         for r0 in range(0, n, rows):
             loss += float(self._chunk(x[r0:r0 + rows], y[r0:r0 + rows], w_rows[r0:r0 + rows],
@@ -358,26 +371,21 @@ class FusedHVP:
             if l == Lout:
                 Rlogits = out if have else None
                 break
-            t2 = None
-            if D2[l] is not None and have:
-                t2 = torch.mul(out, D2[l][:, None, :], out=self._buf(f"t2_{l}", (n, k, N), x))
-            T2.append(t2)
-            if have:
-                out.mul_(D1[l][:, None, :])
-            if L["kind"] == "identity" and Rh is not None:
-                out.add_(Rh) if have else out.copy_(Rh)
-                have = True
-            elif L["kind"] == "dense" and Rh is not None:
-                _mm_into(out.view(n * k, N), Rh.view(n * k, K), L["q"].T, have)
-                have = True
-            if L["c"] and Rhsum is not None:
-                out.add_(Rhsum, alpha=L["c"]) if have else torch.mul(Rhsum, L["c"], out=out)
-                have = True
+            if not have:  # no direction reaches this layer yet: Rh and Rhsum are None too, R h_{l+1} = 0
+                T2.append(None)
+                continue
+            # one pass: t2 = R z act''(z); R h_{l+1} = R z act'(z) + [R h_l] + c_l R hsum
+            T2.append(self._rop.rop_epilogue_fwd(
+                out, D1[l], D2[l], Rh if L["kind"] == "identity" else None,
+                Rhsum if L["c"] else None, float(L["c"]),
+                None if D2[l] is None else self._buf(f"t2_{l}", (n, k, N), x)))
+            if L["kind"] == "dense" and Rh is not None:
+                _mm_into(out.view(n * k, N), Rh.view(n * k, K), L["q"].T, True)
             if L["p"] is not None and Rh is not None:
                 buf = self._buf("rhsum", (n, k, N), x)
                 _mm_into(buf.view(n * k, N), Rh.view(n * k, K), L["p"].T, Rhsum is not None)
                 Rhsum = buf
-            Rh = out if have else None
+            Rh = out
         # ---- R-backward
         Rgz = None if Rlogits is None else pr["hop"](Rlogits)
         Rgh_next, Racc = None, None
@@ -420,14 +428,8 @@ class FusedHVP:
             # to layer l-1: R delta = R g act'(z) + g act''(z) R z
             d1, t2, gh = D1[l - 1], T2[l - 1], GH[l]
             Rgz = None
-            if Rgh is not None or t2 is not None:
-                Rgz = self._buf("rgz", (n, k, K), x)
-                if Rgh is not None:
-                    torch.mul(Rgh, d1[:, None, :], out=Rgz)
-                    if t2 is not None:
-                        Rgz.addcmul_(gh[:, None, :], t2)
-                else:
-                    torch.mul(t2, gh[:, None, :], out=Rgz)
+            if Rgh is not None or t2 is not None:  # one pass
+                Rgz = self._rop.rop_epilogue_bwd(Rgh, d1, gh, t2, self._buf("rgz", (n, k, K), x))
             Rgh_next = Rgh
         return pr["loss"]
 
