@@ -47,6 +47,18 @@ def _cpu_flags() -> list[str]:
     return flags
 
 
+def _cuda_home(nvcc: str) -> Path:
+    """The CUDA toolkit root: CUDA_HOME/CUDA_PATH, else nvcc's grandparent, else /usr/local/cuda(-*).
+    Checked by the presence of include/cuda_runtime.h (/usr/local/bin/nvcc can be a wrapper script)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  str(Path(nvcc).resolve().parent.parent), "/usr/local/cuda",
+                  *sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))[::-1]]
+    for c in candidates:
+        if c and (Path(c) / "include" / "cuda_runtime.h").exists():
+            return Path(c)
+    raise RuntimeError(f"CUDA headers not found (looked in {[c for c in candidates if c]}); set CUDA_HOME")
+
+
 class BuildExt(build_ext):
     """build_ext that compiles .cu sources with nvcc and links them with cudart."""
 
@@ -55,7 +67,7 @@ class BuildExt(build_ext):
         if not cu_sources:
             return super().build_extension(ext)
         nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc")
-        cuda_home = Path(nvcc).resolve().parent.parent
+        cuda_home = _cuda_home(nvcc)
         build_tmp = Path(self.build_temp) / "cuda"
         build_tmp.mkdir(parents=True, exist_ok=True)
         arch = os.environ.get("SKIPKERN_CUDA_ARCH", "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90")
@@ -71,6 +83,9 @@ class BuildExt(build_ext):
         ext.extra_objects = list(ext.extra_objects or []) + objects
         ext.library_dirs = list(ext.library_dirs or []) + [str(cuda_home / "lib64"), str(cuda_home / "lib")]
         ext.libraries = list(ext.libraries or []) + ["cudart"]
+        # rpath: the module finds libcudart without LD_LIBRARY_PATH.
+        ext.extra_link_args = list(ext.extra_link_args or []) + [
+            f"-Wl,-rpath,{d}" for d in (cuda_home / "lib64", cuda_home / "lib") if d.exists()]
         ext.include_dirs = list(ext.include_dirs or []) + [str(cuda_home / "include")]
         return super().build_extension(ext)
 
