@@ -32,3 +32,13 @@ def pytest_report_header(config):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (small shapes run 10-30x slower when two threads fight
+    over two busy cores); restores the previous count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

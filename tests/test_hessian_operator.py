@@ -13,13 +13,8 @@ from skipkern.nn import SkipMLP
 
 F64 = torch.float64
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RTOL = 1e-10  # float64 products: only summation order differs from the exact Hessian
 

@@ -8,13 +8,8 @@ from skipkern.hessian import DenseOperator, lanczos, top_eigenvalues, trace
 
 F64 = torch.float64
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

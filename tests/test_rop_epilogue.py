@@ -18,12 +18,8 @@ SHAPES = list(itertools.product((1, 5), (1, 3), (1, 7, 33)))  # (n, k, N)
 TOL = {torch.float64: 1e-14, torch.float32: 2e-6}  # float32: vs the float64 formula, |x| ~ 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small shapes: one intra-op thread (two threads fighting for 2 shared cores cost 10-30x).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _launcher(name):

@@ -140,7 +140,10 @@ class _SkipLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_z):
-        return _fwd_backward(ctx, grad_y, grad_z, _SkipLinearBwdFn.apply)
+        # A vmapped backward (autograd.functional.hessian(vectorize=True), is_grads_batched) needs the
+        # custom op, which functorch can loop over; a plain Function would see batched tensors.
+        batched = _in_functorch_transform() or any(t is not None and _is_transformed(t) for t in (grad_y, grad_z))
+        return _fwd_backward(ctx, grad_y, grad_z, None if batched else _SkipLinearBwdFn.apply)
 
 
 class _SkipLinearBwdFn(torch.autograd.Function):
@@ -158,6 +161,12 @@ class _SkipLinearBwdFn(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------- public entry
+def _is_transformed(t: Tensor) -> bool:
+    """A functorch-wrapped or vmap-batched tensor (no plain storage for a kernel to read)."""
+    f = torch._C._functorch
+    return f.is_functorch_wrapped_tensor(t) or f.is_batchedtensor(t) or f.is_legacy_batchedtensor(t)
+
+
 def _in_functorch_transform() -> bool:
     if torch.compiler.is_compiling():
         return False
