@@ -129,14 +129,15 @@ skip_linear_bwd.register_autograd(_bwd_backward, setup_context=_bwd_setup_contex
 # ~3x a Function call in eager mode (measured: 30 us vs 13 us forward, 184 us vs 61 us forward+backward
 # at a tiny shape), which at width 128 is more than the fused kernel saves. Eager calls therefore take
 # this path; torch.compile traces the custom ops (schema, fake tensors, opcheck).
+# Old-style forward(ctx, ...): a Function with setup_context binds its arguments through
+# inspect.signature on every call (~40 us). These Functions never run inside torch.func transforms
+# (skip_linear routes those to the composite, vmapped backwards to the custom op).
 class _SkipLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(x, weight, bias, q, skip, activation, backend):
-        return _fwd_impl(x, weight, bias, q, skip, activation, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _fwd_setup_context(ctx, inputs, output)
+    def forward(ctx, x, weight, bias, q, skip, activation, backend):
+        out = _fwd_impl(x, weight, bias, q, skip, activation, backend)
+        _fwd_setup_context(ctx, (x, weight, bias, q, skip, activation, backend), out)
+        return out
 
     @staticmethod
     def backward(ctx, grad_y, grad_z):
@@ -148,12 +149,10 @@ class _SkipLinearFn(torch.autograd.Function):
 
 class _SkipLinearBwdFn(torch.autograd.Function):
     @staticmethod
-    def forward(grad_y, x, weight, z, q, skip, activation, has_bias, backend):
-        return _bwd_impl(grad_y, x, weight, z, q, skip, activation, has_bias, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _bwd_setup_context(ctx, inputs, output)
+    def forward(ctx, grad_y, x, weight, z, q, skip, activation, has_bias, backend):
+        out = _bwd_impl(grad_y, x, weight, z, q, skip, activation, has_bias, backend)
+        _bwd_setup_context(ctx, (grad_y, x, weight, z, q, skip, activation, has_bias, backend), out)
+        return out
 
     @staticmethod
     def backward(ctx, g_dx, g_dw, g_db):
