@@ -5,7 +5,10 @@ share, ONE all-reduce of the [k, P] partial products and the sample count) plus 
 reorthogonalisation of the k new vectors against a basis of ``--basis`` vectors (done redundantly on
 every rank, as in ``lanczos``). The global problem is fixed (strong scaling); for W processes we
 report the step time (the slowest rank's, median over repeats), the speed-up t_1 / t_W and the
-efficiency t_1 / (W t_W), plus the product and reorthogonalisation parts.
+efficiency t_1 / (W t_W), plus the product and reorthogonalisation parts and the time of one
+all-reduce of the product's buffer alone (the communication cost inside the product), and rank 0's
+CPU time in the product (its share of the work, which halves with W even when a busy machine does
+not give every rank a free core).
 
 CPU: W gloo processes of ``--threads`` torch threads each (default 1) on loopback, W in --procs
 (default 1, 2 and powers of two up to the core count). CUDA: one rank per GPU with NCCL.
@@ -77,15 +80,16 @@ def _rank_main(rank: int, world: int, port: int, args, outdir: str) -> None:
 
     for _ in range(args.basis):  # build the basis the timed steps reorthogonalise against
         run.step()
-    steps, prods = [], []
+    steps, prods, cpu = [], [], []
     for _ in range(args.repeats):
         V, idx = run.step_begin()
         barrier()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         W = apply(V, idx)
         sync()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
+        cpu.append(c1 - c0)
         run.step_end(W)
         sync()
         t2 = time.perf_counter()
@@ -96,9 +100,20 @@ def _rank_main(rank: int, world: int, port: int, args, outdir: str) -> None:
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
         steps.append(float(times[0]))
         prods.append(float(times[1]))
+    # the communication alone: one all-reduce of the product's buffer ([k P] + count + flags, float64)
+    reduces = []
+    if group is not None:
+        buf = torch.zeros(args.probes * P + 1 + world, dtype=torch.float64, device=dev)
+        for _ in range(args.repeats):
+            barrier()
+            t0 = time.perf_counter()
+            sd.all_reduce_sum(buf, group)
+            sync()
+            reduces.append(time.perf_counter() - t0)
     if rank == 0:
         with open(os.path.join(outdir, "r.json"), "w") as f:
             json.dump({"P": P, "step_s": steps, "matmat_s": prods, "alpha_last": float(run.alphas[0, run.i - 1]),
+                       "allreduce_s": reduces, "matmat_cpu_s": cpu,
                        "local_samples": int(xs.shape[0])}, f)
     if group is not None:
         dist.destroy_process_group()
@@ -144,14 +159,18 @@ def main(argv=None) -> None:
                "device": args.device, "threads_per_rank": args.threads, "samples": args.samples,
                "samples_rank0": r["local_samples"], "P": r["P"], "probes": args.probes, "basis": args.basis,
                "step_ms": 1e3 * step, "step_min_ms": 1e3 * min(r["step_s"]), "matmat_ms": 1e3 * prod,
-               "reorth_ms": 1e3 * (step - prod), "repeats": args.repeats, "alpha_last": r["alpha_last"]}
+               "reorth_ms": 1e3 * (step - prod), "repeats": args.repeats, "alpha_last": r["alpha_last"],
+               "allreduce_ms": 1e3 * statistics.median(r["allreduce_s"]) if r["allreduce_s"] else 0.0,
+               "matmat_cpu_ms_rank0": 1e3 * statistics.median(r["matmat_cpu_s"])}
         if t1 is not None:
             row["speedup"] = t1 / step
             row["efficiency"] = t1 / (world * step)
         rows.append(row)
         print(f"W={world}: step {1e3 * step:.1f} ms", flush=True)
     print(format_table(rows, [("world", "W", "d"), ("step_ms", "step ms", ".1f"), ("matmat_ms", "matmat ms", ".1f"),
-                              ("reorth_ms", "reorth ms", ".2f"), ("speedup", "speed-up", ".2f"),
+                              ("matmat_cpu_ms_rank0", "rank-0 CPU ms", ".1f"),
+                              ("reorth_ms", "reorth ms", ".2f"),
+                              ("allreduce_ms", "all-reduce ms", ".2f"), ("speedup", "speed-up", ".2f"),
                               ("efficiency", "efficiency", ".2f")]))
     path = write_results("distributed", rows, extra={"args": vars(args), "note": "strong scaling of one Lanczos "
                          "step: matmat (data pass + one all-reduce) + float64 reorthogonalisation"})

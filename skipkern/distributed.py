@@ -175,10 +175,16 @@ def run_on_main(fn, group: Optional[object]):
             payload = ("ok", fn())
         except Exception as exc:  # shipped to the other ranks, re-raised everywhere below
             payload = ("err", exc if _picklable(exc) else DistributedError(f"{type(exc).__name__}: {exc}"))
-    kind, value = broadcast_object(payload, group)
-    if kind == "err":
-        raise value
-    return value
+    try:
+        kind, value = broadcast_object(payload, group)
+        if kind == "err":
+            raise value
+        return value
+    finally:
+        # An exception held in a local of a frame on its own traceback is a reference cycle; it would
+        # keep ``group`` alive past destroy_process_group, and gloo aborts when a process group is
+        # freed at interpreter exit. Drop the references instead.
+        payload = value = None
 
 
 def _picklable(obj: object) -> bool:

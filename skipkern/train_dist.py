@@ -28,7 +28,7 @@ from skipkern import distributed as sd
 
 logger = logging.getLogger("skipkern.train")
 
-__all__ = ["rank_device", "wrap_ddp", "local_batch_loss", "evaluate_global", "shard"]
+__all__ = ["rank_device", "wrap_ddp", "local_batch_loss", "evaluate_global", "shard", "save_path_on_main"]
 
 
 def rank_device(device: torch.device, group: Optional[object]) -> torch.device:

@@ -5,10 +5,13 @@ both HVP backends to 1e-10 (ragged batches inside each shard too), the loss and 
 density's Ritz values and weights for the same seed, Hutchinson traces and top eigenvalues; the
 float64 Lanczos state is identical on every rank, also for seed=None (one seed broadcast from rank
 0). Errors raise on every rank without a hang: an empty shard, a rank with another parameter count,
-a rank whose forced HVP backend cannot run, and a product that fails on one rank only.
+a rank whose forced HVP backend cannot run, a rank whose layers are forced onto a kernel backend
+that cannot run on its device, and a product that fails on one rank only. Rank 0 passes a
+DataLoader (the user's own split), the others tensor pairs.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +30,8 @@ def _model(width: int = 5) -> SkipMLP:
 
 def _data():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(sum(SHARDS), 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (sum(SHARDS),), generator=g)
+    n = sum(SHARDS)
+    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
 
 
 def _probes(P: int) -> torch.Tensor:
@@ -55,7 +59,11 @@ def _hessian_ranks(rank, world):
     lo = sum(SHARDS[:rank])
     xs, ys = x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]]
     model = _model()
-    op = HessianOperator(model, F.cross_entropy, (xs, ys), batch_size=BATCH)  # default group
+    if rank == 0:  # the user's own split: a DataLoader on one rank, tensor pairs on the others
+        from torch.utils.data import DataLoader, TensorDataset
+        op = HessianOperator(model, F.cross_entropy, DataLoader(TensorDataset(xs, ys), batch_size=BATCH))
+    else:
+        op = HessianOperator(model, F.cross_entropy, (xs, ys), batch_size=BATCH)  # default group
     out = {"fused": _results(op), "backend": op.backend, "counts": op.shard_counts}
     gen = HessianOperator(model, F.cross_entropy, (xs, ys), batch_size=BATCH, backend="generic")
     out["generic_hv"] = gen.matmat(_probes(op.shape[0]))
@@ -67,6 +75,8 @@ def _hessian_ranks(rank, world):
     out["mismatch"] = _catch(lambda: HessianOperator(other, F.cross_entropy, (xs, ys)))
     loss = (lambda o, t: F.cross_entropy(o, t)) if rank == 0 else F.cross_entropy  # fused cannot run on rank 0
     out["backend_error"] = _catch(lambda: HessianOperator(model, loss, (xs, ys), backend="fused"))
+    forced = SkipMLP(6, 5, 2, 3, arch="residual", seed=0, dtype=torch.float64, backend="cuda" if rank == 1 else "auto")
+    out["device_error"] = _catch(lambda: HessianOperator(forced, F.cross_entropy, (xs, ys), backend="generic"))
     bad = xs.clone()
     if rank == 2:
         bad[0, 0] = float("nan")
@@ -104,5 +114,15 @@ def test_distributed_hessian_matches_single_process():
         assert "DistributedError" in o["mismatch"] and "rank 2:" in o["mismatch"] and "parameter" in o["mismatch"]
         assert "DistributedError" in o["backend_error"] and "rank(s) [0]" in o["backend_error"]
         assert "fused" in o["backend_error"]
+        assert "rank(s) [1]" in o["device_error"] and "backend 'cuda' cannot run here" in o["device_error"]
         assert "DistributedError" in o["product_error"] and "rank(s) [2]" in o["product_error"]
         assert "not finite" in o["product_error"]
+
+
+def test_single_process_checks():
+    x, y = _data()
+    forced = SkipMLP(6, 5, 2, 3, arch="residual", seed=0, dtype=torch.float64, backend="cuda")
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run here"):
+        HessianOperator(forced, F.cross_entropy, (x, y), backend="generic")
+    op = HessianOperator(_model(), F.cross_entropy, (x, y), batch_size=BATCH)
+    assert op.process_group is None and op.shard_counts == [sum(SHARDS)]

@@ -3,7 +3,8 @@
 Checked: DDP's contract (bitwise identical parameters and histories on every rank after uneven steps,
 including a last batch of ONE row, so one rank takes the zero-weighted path), the exact-global-mean
 gradient (the 2-process run equals the single-process run on the same data to float64 rounding),
-exact global evaluation means, rank-0-only files, and resume (1 + 1 resumed epochs == 2 straight).
+exact global evaluation means, the Hessian spectrum of the data-parallel operator (each rank a
+share of the spectrum samples), rank-0-only files, and resume (1 + 1 resumed epochs == 2 straight).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _model(seed: int = 0) -> SkipMLP:
 
 def _cfg(epochs: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=BATCH, lr=1e-2, seed=3, device="cpu", progress=False,
-                       diagnostics_every=2, train_eval_samples=100)
+                       diagnostics_every=2, train_eval_samples=100, spectrum_at=[2], spectrum_samples=61,
+                       spectrum_probes=2, spectrum_steps=8)
 
 
 def _strip(history):
@@ -64,6 +66,7 @@ def test_ddp_training_matches_contract_and_single_process(tmp_path):
     for p, q in zip(a["params"], b["params"]):
         assert torch.equal(p, q)
     assert a["history"] == b["history"]
+    assert "spectrum" in a["history"][2] and a["history"][2]["spectrum"]["samples"] == 61
     # resume: 1 epoch + 1 resumed epoch == 2 epochs straight (the checkpoint is read on rank 0 and broadcast)
     assert a["first_len"] == 2
     for p, q in zip(a["params"], a["resumed_params"]):
@@ -71,6 +74,7 @@ def test_ddp_training_matches_contract_and_single_process(tmp_path):
     assert a["resumed_history"] == a["history"]
     # only rank 0 wrote, once per record
     assert len(read_metrics(tmp_path / "straight")) == 3
+    assert [p.name for p in (tmp_path / "straight" / "spectra").iterdir()] == ["epoch_0002.json"]
     assert not list(tmp_path.glob("**/*.tmp"))
 
     # the single-process run from rank 0's initial weights: the same trajectory up to summation order
@@ -85,5 +89,8 @@ def test_ddp_training_matches_contract_and_single_process(tmp_path):
                 assert rd[key] == pytest.approx(rs[key], rel=1e-9, abs=1e-12), key
         if "grad_norm" in rs:
             assert rd["grad_norm"]["weight"] == pytest.approx(rs["grad_norm"]["weight"], rel=1e-8)
+        if "spectrum" in rs:
+            for key in ("fraction_degenerate", "fraction_negative", "fraction_negative_se", "samples", "num_params"):
+                assert rd["spectrum"][key] == pytest.approx(rs["spectrum"][key], abs=1e-9), key
         if "diagnostics" in rs:
             assert rd["diagnostics"].keys() == rs["diagnostics"].keys()

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from skipkern.hessian.density import Estimate, SpectralDensity, from_lanczos
-from skipkern.hessian.lanczos import (LanczosRun, check_count, default_breakdown_tol, progress_bar,
+from skipkern.hessian.lanczos import (LanczosRun, check_count, default_breakdown_tol, probe_seed, progress_bar,
                                       rademacher_probes)
 from skipkern.hessian.trace import rademacher
 
@@ -79,7 +79,7 @@ def block_trace(op, num_probes: int, groups: Groups = None, seed: Optional[int] 
     """
     check_count("num_probes", num_probes)
     idx = parameter_groups(op, groups)
-    Z = rademacher(op.shape[0], num_probes, seed, op.device)
+    Z = rademacher(op.shape[0], num_probes, probe_seed(op, seed), op.device)
     prod = Z * op.matmat(Z.to(op.dtype)).to(torch.float64)  # [P, k]: z_i (H z)_i
     out = {}
     for g, rows in list(idx.items()) + [("full", None)]:
@@ -108,6 +108,7 @@ def block_spectral_density(op, groups: Groups = None, *, num_probes: int = 10, n
     check_count("num_steps", num_steps)
     idx = parameter_groups(op, groups)
     P, dev = op.shape[0], op.device
+    seed = probe_seed(op, seed)  # seed None under a process group: one seed, broadcast from rank 0
     tol = default_breakdown_tol(op.dtype)
     entries = list(idx.items()) + ([("full", None)] if include_full else [])
     runs = []

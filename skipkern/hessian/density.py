@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 import torch
 
-from skipkern.hessian.lanczos import LanczosResult, check_count, lanczos
+from skipkern.hessian.lanczos import LanczosResult, check_count, lanczos, probe_seed
 
 __all__ = ["Estimate", "SpectralDensity", "spectral_density", "from_lanczos"]
 
@@ -238,6 +238,7 @@ def spectral_density(op, *, num_probes: int = 10, num_steps: int = 80, sigma: Op
     """
     check_count("num_probes", num_probes)
     check_count("num_steps", num_steps)
+    seed = probe_seed(op, seed)  # seed None under a process group: one seed, broadcast from rank 0
     res = lanczos(op, num_steps, num_probes=num_probes, seed=seed, progress=progress,
                   reorthogonalize=reorthogonalize)
     return from_lanczos(res, op.shape[0], sigma=sigma, grid=grid,

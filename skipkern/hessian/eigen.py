@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from skipkern.hessian.lanczos import (LanczosRun, check_count, default_breakdown_tol, operator_apply,
-                                      progress_bar, rademacher_probes)
+                                      probe_seed, progress_bar, rademacher_probes)
 
 log = logging.getLogger("skipkern")
 
@@ -58,6 +58,7 @@ def top_eigenvalues(op, k: int = 1, *, which: str = "LA", num_steps: Optional[in
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     m = min(P, num_steps if num_steps is not None else max(200, 20 * k))
+    seed = probe_seed(op, seed)  # the same start vector on every rank of a process group
     check_count("num_steps", m)
     if m < k:
         raise ValueError(f"num_steps must be >= k={k}, got {m}")

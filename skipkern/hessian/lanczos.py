@@ -20,9 +20,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from skipkern import distributed as sd
+
 log = logging.getLogger("skipkern")
 
-__all__ = ["LanczosResult", "lanczos", "rademacher_probes", "default_breakdown_tol", "check_count"]
+__all__ = ["LanczosResult", "lanczos", "rademacher_probes", "default_breakdown_tol", "check_count",
+           "probe_seed"]
 
 
 def check_count(name: str, value, minimum: int = 1) -> int:
@@ -203,10 +206,17 @@ class LanczosRun:
 
 
 def progress_bar(total: int, progress: bool, desc: str):
-    """A tqdm bar with ETA, quiet when progress is False or stderr is not a terminal."""
+    """A tqdm bar with ETA, quiet when progress is False, stderr is not a terminal, or this process
+    is not rank 0 of an initialised torch.distributed job."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="step", disable=not (progress and sys.stderr.isatty()),
-                leave=False)
+    show = progress and sys.stderr.isatty() and sd.is_main()
+    return tqdm(total=total, desc=desc, unit="step", disable=not show, leave=False)
+
+
+def probe_seed(op, seed: Optional[int]) -> Optional[int]:
+    """``seed``, or for seed None on an operator with a process group one seed drawn on rank 0 and
+    broadcast, so every rank draws the same random probes."""
+    return sd.shared_seed(seed, getattr(op, "process_group", None))
 
 
 def operator_apply(op) -> Callable[[Tensor, Tensor], Tensor]:
@@ -255,7 +265,7 @@ def lanczos(op, num_steps: int, *, num_probes: Optional[int] = None, probes: Opt
         Q0 = Q0 / norms[:, None]
     else:
         k = check_count("num_probes", 1 if num_probes is None else num_probes)
-        Q0 = rademacher_probes(P, k, seed, op.device)
+        Q0 = rademacher_probes(P, k, probe_seed(op, seed), op.device)
     m = num_steps
     if m > P:
         log.info("lanczos: num_steps=%d > P=%d; capped at %d", m, P, P)

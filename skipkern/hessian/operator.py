@@ -13,6 +13,11 @@ returns its batch mean (the torch default). Products run through one of two HVP 
 "fused" (skipkern.hessian.hvp_fused: analytic R-op of a SkipMLP carrying all k directions at once) or
 "generic" (skipkern.hessian.hvp_generic: torch.func forward-over-reverse, vmapped over k). Every
 product is one pass over the data.
+
+Data parallel (``process_group``, default: the torch.distributed default group when initialised):
+each rank holds its own shard of the data and one all-reduce per product gives the exact mean over
+all shards (skipkern.hessian.sharding). Construction checks collectively that every rank has the
+same P, a non-empty shard and a backend that runs on its device.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skipkern.hessian import hvp_fused, hvp_generic
+from skipkern import distributed as sd
+from skipkern.hessian import hvp_fused, hvp_generic, sharding
 
 log = logging.getLogger("skipkern")
 
@@ -188,12 +194,37 @@ class HessianOperator(CurvatureOperator):
             ``release_workspace()`` frees both.
         train_mode: evaluate in train mode (default False: eval mode). The modes of all submodules are
             restored after each product; BatchNorm running statistics are never updated.
+        process_group: "default" (the default group when torch.distributed is initialised, else
+            none), None (this process alone) or a ProcessGroup. Under a group ``data`` is this rank's
+            shard and products are means over all ranks' data (module docstring); every rank must
+            build the same model. ``shard_counts`` lists the ranks' shard sizes (rows, or batches
+            for an iterable without a known row count). Errors in set-up raise DistributedError on
+            every rank.
     """
 
     def __init__(self, model: nn.Module, loss_fn, data, *, params=None, batch_size: Optional[int] = None,
                  dtype: Optional[torch.dtype] = None, backend: str = "auto",
-                 memory_budget: Optional[int] = None, train_mode: bool = False):
+                 memory_budget: Optional[int] = None, train_mode: bool = False,
+                 process_group: Optional[object] = "default"):
         super().__init__()
+        self.process_group = group = sd.resolve_group(process_group)
+
+        def setup() -> None:
+            self._setup(model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode)
+            sharding.check_device(self)
+
+        if group is None:
+            setup()
+            self.shard_counts = [sharding.shard_size(self._batches, peek=False)]
+            return
+        # a rank that fails locally must still reach the collective checks, or the others would wait
+        sharding.collective_setup(setup, group, "HessianOperator set-up")
+        sd.check_same(self._shape[0], "the number of Hessian parameters P", group)
+        self.shard_counts = sd.check_nonempty(sharding.shard_size(self._batches, peek=True), "HessianOperator data",
+                                              group)
+        log.info("hessian: rank %d of %d, shard sizes %s", sd.rank(group), sd.world_size(group), self.shard_counts)
+
+    def _setup(self, model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -255,7 +286,9 @@ class HessianOperator(CurvatureOperator):
         self._shape = (P, P)
 
     def _set_data(self, data, batch_size: Optional[int]) -> None:
-        if _is_pair(data):
+        if _is_pair(data) and self.process_group is not None and data[0].dim() > 0 and data[0].shape[0] == 0:
+            self._batches = []  # an empty shard: reported on every rank by check_nonempty
+        elif _is_pair(data):
             x, y = _check_batch(data, 0)
             step = batch_size or x.shape[0]
             self._batches: Any = [(x[i:i + step], y[i:i + step]) for i in range(0, x.shape[0], step)]
@@ -316,8 +349,8 @@ class HessianOperator(CurvatureOperator):
             for m, f in flags:
                 m.training = f
 
-    def _matmat(self, V: Tensor) -> Tensor:
-        Vt = V.T.contiguous()  # [k, P]: one row per direction
+    def _partial(self, Vt: Tensor) -> tuple[Tensor, int]:
+        """(sum_b n_b H_b V^T [k, P], sum_b n_b) over this process's batches."""
         out = torch.zeros_like(Vt)
         total = 0
         with self._mode(), torch.no_grad():
@@ -326,6 +359,13 @@ class HessianOperator(CurvatureOperator):
                 hv = self._impl.batch_hvp(x, y, Vt, self.memory_budget, batch_index=i)  # [k, P], batch mean
                 out.add_(hv, alpha=float(n))
                 total += n
+        return out, total
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        Vt = V.T.contiguous()  # [k, P]: one row per direction
+        if self.process_group is not None:
+            return sharding.reduced_mean(self, self._partial, Vt, Vt.shape, "product").to(self._dtype).T
+        out, total = self._partial(Vt)
         if total == 0:
             raise ValueError("data holds no batches")
         self.data_passes += 1
@@ -337,8 +377,25 @@ class HessianOperator(CurvatureOperator):
         if hasattr(self._impl, "release_workspace"):
             self._impl.release_workspace()
 
+    def _loss_grad_sums(self, _=None) -> tuple[Tensor, int]:
+        """([P + 1] float64: sum_b n_b grad_b and sum_b n_b loss_b, sum_b n_b) over this process's batches."""
+        acc = torch.zeros(self._shape[0] + 1, dtype=torch.float64, device=self._device)
+        total = 0
+        with self._mode():
+            for i, (x, y) in enumerate(self.batches()):
+                l, g = hvp_generic.batch_loss_grad(self.model, self.loss_fn, self.param_names, self._dtype, x, y, i)
+                acc[:-1].add_(g.double(), alpha=float(x.shape[0]))
+                acc[-1] += float(l) * x.shape[0]
+                total += x.shape[0]
+        return acc, total
+
     def loss_and_gradient(self) -> tuple[float, Tensor]:
-        """The data-mean loss and its gradient [P] (float64 sum over batches), one data pass."""
+        """The data-mean loss and its gradient [P] (float64 sum over batches), one data pass (over all
+        ranks' shards under a process group, one all-reduce)."""
+        if self.process_group is not None:
+            mean = sharding.reduced_mean(self, self._loss_grad_sums, None, (self._shape[0] + 1,),
+                                         "loss and gradient")
+            return float(mean[-1]), mean[:-1]
         grad = torch.zeros(self._shape[0], dtype=torch.float64, device=self._device)
         loss, total = 0.0, 0
         with self._mode():

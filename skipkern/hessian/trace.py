@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from skipkern.hessian.density import Estimate
-from skipkern.hessian.lanczos import check_count
+from skipkern.hessian.lanczos import check_count, probe_seed
 
 __all__ = ["trace", "rademacher"]
 
@@ -54,6 +54,7 @@ def trace(op, num_probes: int, method: str = "hutchinson", seed: Optional[int] =
     """
     check_count("num_probes", num_probes)
     P = op.shape[0]
+    seed = probe_seed(op, seed)  # the same probes on every rank of a process group
     if method == "hutchinson":
         Z = rademacher(P, num_probes, seed, op.device)
         return _mean_se((Z * _mm(op, Z)).sum(0))
