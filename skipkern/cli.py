@@ -340,6 +340,8 @@ def _subset(ds, n: int):
 def cmd_spectrum(args) -> int:
     import torch.nn.functional as F
 
+    from skipkern import distributed as sd
+
     from skipkern.experiments.common import write_json
     from skipkern.hessian import HessianOperator, spectral_density
     from skipkern.plotting import new_figure, save_figure
@@ -348,6 +350,11 @@ def cmd_spectrum(args) -> int:
     ds = _checkpoint_data(args, ckpt, model)
     x, y = _subset(ds, args.samples)
     out = ensure_writable(args.out)
+    group = sd.resolve_group("default")
+    if group is not None:  # under torchrun: each rank holds its strided shard; products all-reduce
+        idx = sd.shard_indices(x.shape[0], group)
+        x, y = x[idx], y[idx]
+    n_samples = sum(sd.gather_ints(x.shape[0], group))
     op = HessianOperator(model, F.cross_entropy, (x, y), backend=args.hessian_backend)
     seed = (parse_seeds(args.seeds) or [0])[0]
     t0 = time.perf_counter()
@@ -355,6 +362,8 @@ def cmd_spectrum(args) -> int:
                             progress=not args.no_progress)
     deg, deg_se = _mean_se(dens.fraction_degenerate(args.eps))
     neg, neg_se = _mean_se(dens.fraction_negative(args.eps))
+    if not sd.is_main(group):  # identical float64 Lanczos state on every rank: rank 0 writes
+        return 0
     dens.save(str(out / "spectrum_density.json"))
     fig, axes = new_figure(1, 1, width=6)
     dens.plot(ax=axes[0])
@@ -362,7 +371,7 @@ def cmd_spectrum(args) -> int:
                       f"{ckpt.get('epoch')}")
     save_figure(fig, out, "spectrum_density")
     summary = {"checkpoint": str(args.checkpoint), "epoch": ckpt.get("epoch"), "model_config": ckpt.get("model_config"),
-               "samples": int(x.shape[0]), "num_params": int(op.shape[0]), "probes": args.probes, "steps": args.steps,
+               "samples": n_samples, "num_params": int(op.shape[0]), "probes": args.probes, "steps": args.steps,
                "eps": args.eps, "fraction_degenerate": deg, "fraction_degenerate_se": deg_se,
                "fraction_negative": neg, "fraction_negative_se": neg_se, "time_s": time.perf_counter() - t0}
     write_json(out / "spectrum_summary.json", summary)
