@@ -207,9 +207,21 @@ def _setup(args) -> None:
             raise CLIError(f"--backend {backend} cannot run here: {status.reason}")
 
 
+def say(*args, **kwargs) -> None:
+    """print on rank 0 only (every process in a single-process run): one console under torchrun."""
+    from skipkern import distributed as sd
+    if sd.is_main():
+        print(*args, **kwargs)
+
+
 def ensure_writable(path: os.PathLike) -> Path:
-    """Create ``path`` and check a file can be written in it; CLIError naming the folder otherwise."""
-    p = Path(path)
+    """Create ``path`` and check a file can be written in it; CLIError naming the folder otherwise.
+    Under torchrun rank 0 checks (it alone writes) and a failure raises the same error on every rank."""
+    from skipkern import distributed as sd
+    return sd.run_on_main(lambda: _check_writable(Path(path)), sd.resolve_group("default"))
+
+
+def _check_writable(p: Path) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / ".skipkern_write_test"
@@ -268,26 +280,31 @@ def cmd_repro(args) -> int:
     if deep:
         cfg = deep[0].config(mode, {k: v for k, v in overrides.items() if k in deep[0].configs[mode]})
         check_data(ctx, cfg["n_train"], cfg["n_test"])
-    print(f"skipkern repro {args.experiment} ({mode}) -> {ctx.out}  [device {ctx.device}, backend {ctx.backend}, "
-          f"data {ctx.data}, {ctx.jobs} worker(s)]", file=sys.stderr)
+    from skipkern import distributed as sd
+    world = sd.world_size(ctx.group)
+    say(f"skipkern repro {args.experiment} ({mode}) -> {ctx.out}  [device {ctx.device}, backend {ctx.backend}, "
+        f"data {ctx.data}, " + (f"{world} torch.distributed ranks (DDP)" if world > 1 else f"{ctx.jobs} worker(s)")
+        + "]", file=sys.stderr)
     try:
         timings, failed, total = _run_recipes(args, ctx, recipes, mode, overrides)
     finally:
         ctx.close()
-    report = write_report(ctx.out, timings=timings, command="skipkern " + " ".join(sys.argv[1:]), total_s=total,
-                          failed=failed)
-    print(f"report: {report}  (total {total / 60:.1f} min)")
+    report = sd.run_on_main(lambda: write_report(ctx.out, timings=timings, command="skipkern " + " ".join(sys.argv[1:]),
+                                                 total_s=total, failed=failed), ctx.group)
+    say(f"report: {report}  (total {total / 60:.1f} min)")
     if failed:
         raise CLIError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (details in {report})")
     return 0
 
 
 def _run_recipes(args, ctx, recipes, mode: str, overrides: dict):
+    from skipkern import distributed as sd
     timings, failed = {}, {}
     t_all = time.perf_counter()
     for i, r in enumerate(recipes, 1):
-        print(f"[{i}/{len(recipes)}] {r.name}: {r.description}", file=sys.stderr)
+        say(f"[{i}/{len(recipes)}] {r.name}: {r.description}", file=sys.stderr)
         t0 = time.perf_counter()
+        error = None
         try:
             res = r.run(ctx, {k: v for k, v in overrides.items() if k in r.configs[mode]})
         except KeyboardInterrupt:
@@ -295,13 +312,20 @@ def _run_recipes(args, ctx, recipes, mode: str, overrides: dict):
         except Exception as e:  # one broken experiment must not cost the others (and the report)
             if args.debug or len(recipes) == 1:
                 raise
-            failed[r.name] = f"{type(e).__name__}: {e}"
-            print(f"  {r.name} FAILED: {_one_line(failed[r.name])}", file=sys.stderr)
+            error = f"{type(e).__name__}: {e}"
+        if ctx.group is not None:  # the ranks agree on the outcome (a write fails on rank 0 only)
+            try:
+                sd.check_ok(error, r.name, ctx.group)
+            except sd.DistributedError as e:
+                error = str(e)
+        if error is not None:
+            failed[r.name] = error
+            say(f"  {r.name} FAILED: {_one_line(error)}", file=sys.stderr)
             continue
         timings[r.name] = time.perf_counter() - t0
         for f in res["findings"]:
             tag = f"result {f['result']}" if f["result"] else "simplified model"
-            print(f"  {tag}: {f['verdict']}  ({timings[r.name]:.0f} s)", file=sys.stderr)
+            say(f"  {tag}: {f['verdict']}  ({timings[r.name]:.0f} s)", file=sys.stderr)
     return timings, failed, time.perf_counter() - t_all
 
 
@@ -394,8 +418,12 @@ def _mean_se(v) -> tuple:
 
 
 def cmd_diagnose(args) -> int:
+    from skipkern import distributed as sd
     from skipkern.diagnostics import diagnose
     from skipkern.plotting import new_figure, save_figure
+
+    if not sd.is_main():  # single-process work on one model: under torchrun rank 0 does it alone
+        return 0
 
     if args.checkpoint:
         model, ckpt = _load_checkpoint(args)
@@ -413,7 +441,7 @@ def cmd_diagnose(args) -> int:
                         backend=args.backend, seed=seed, device=args.device)
         what = f"a freshly initialised {model.arch} net (depth {args.depth}, width {args.width}, seed {seed})"
     x, y = _subset(ds, args.samples)
-    out = ensure_writable(args.out)
+    out = _check_writable(Path(args.out))  # rank 0 alone here: not the collective ensure_writable
     res = diagnose(model, x, y)
     print(f"diagnostics of {what} on {x.shape[0]} training samples:")
     for name, d in res.items():
@@ -455,13 +483,13 @@ def cmd_train(args) -> int:
                       diagnostics_every=args.diagnostics_every, spectrum_at=spectrum_at,
                       spectrum_probes=args.spectrum_probes, spectrum_steps=args.spectrum_steps,
                       spectrum_samples=args.spectrum_samples, regularizer=reg, progress=not args.no_progress)
-    print(f"training {args.arch} (depth {args.depth}, width {width}) on {data.name} ({data.n_train} samples) for "
-          f"{epochs} epochs -> {out}", flush=True)
+    say(f"training {args.arch} (depth {args.depth}, width {width}) on {data.name} ({data.n_train} samples) for "
+        f"{epochs} epochs -> {out}", flush=True)
     res = train(model, data, cfg, out_dir=out, resume=not args.no_resume)
     f = res.final
-    print(f"epoch {f.get('epoch')}: train acc {f.get('train_acc', float('nan')):.4f}, test acc "
-          f"{f.get('test_acc', float('nan')):.4f}, train loss {f.get('train_loss', float('nan')):.4f}")
-    print(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}, {out / 'metrics.csv'}")
+    say(f"epoch {f.get('epoch')}: train acc {f.get('train_acc', float('nan')):.4f}, test acc "
+        f"{f.get('test_acc', float('nan')):.4f}, train loss {f.get('train_loss', float('nan')):.4f}")
+    say(f"wrote {out / 'checkpoint.pt'}, {out / 'metrics.jsonl'}, {out / 'metrics.csv'}")
     return 0
 
 
@@ -535,8 +563,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             msg = str(e)
         else:
             msg = f"{type(e).__name__}: {e} (unexpected; rerun with --debug for the traceback)"
-        print(f"skipkern: error: {_one_line(msg)}", file=sys.stderr)
+        print(f"skipkern: error{_rank_tag()}: {_one_line(msg)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        _leave_group()
+
+
+def _rank_tag() -> str:
+    """' (rank r of W)' under torchrun, '' in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
+
+
+def _leave_group() -> None:
+    """Destroy the process group _setup joined, so the ranks leave together and cleanly."""
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # noqa: BLE001 - leaving anyway; say why
+            log.warning("destroy_process_group failed: %s", e)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,15 +45,16 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
 
 
 def save_figure(fig, out_dir: Union[str, os.PathLike], stem: str) -> list[str]:
-    """Save ``fig`` as <out_dir>/<stem>.png and .svg, close it, and return the two paths."""
+    """Save ``fig`` as <out_dir>/<stem>.png and .svg, close it, and return the two paths.
+    Under torch.distributed only rank 0 writes (the other ranks close the figure and return the paths)."""
+    from skipkern import distributed as sd
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    paths = []
-    for fmt in FIGURE_FORMATS:
-        p = out / f"{stem}.{fmt}"
-        fig.savefig(p, dpi=120 if fmt == "png" else None)
-        paths.append(str(p))
+    paths = [str(out / f"{stem}.{fmt}") for fmt in FIGURE_FORMATS]
+    if sd.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        for p in paths:
+            fig.savefig(p, dpi=120 if p.endswith(".png") else None)
     plt.close(fig)
     return paths
 

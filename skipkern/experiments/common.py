@@ -69,21 +69,25 @@ class Context:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise ValueError(f"jobs must be a positive int, got {self.jobs!r}")
 
+    @property
+    def group(self) -> Optional[object]:
+        """The torch.distributed process group when one is initialised (launched by torchrun), else None.
+        Under a group every rank runs the same recipes (training under DDP, Hessian products
+        all-reduced); only rank 0 writes files (``write_json``, ``write_csv``, ``save_figure``)."""
+        from skipkern import distributed as sd
+        return sd.resolve_group("default")
+
     def close(self) -> None:
         """Stop the worker processes (if any were started)."""
         from skipkern.experiments.parallel import shutdown
         shutdown(self)
 
     def exp_dir(self, name: str) -> Path:
-        d = self.out / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return _made(self.out / name)
 
     @property
     def runs_dir(self) -> Path:
-        d = self.out / "runs"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return _made(self.out / "runs")
 
     def dataset(self, n_train: Optional[int], n_test: Optional[int], seed: int = 0):
         """The context's data set with these sizes, loaded once and kept on ``device``."""
@@ -98,15 +102,32 @@ class Context:
         return self._datasets[key]
 
     def describe(self) -> dict:
+        from skipkern import distributed as sd
         return {"out": str(self.out), "device": self.device, "backend": self.backend, "data": self.data,
                 "data_dir": self.data_dir, "seeds": self.seeds, "mode": self.mode, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "jobs": self.jobs}
+                "threads": torch.get_num_threads(), "jobs": self.jobs, "world_size": sd.world_size(self.group)}
 
 
 # ------------------------------------------------------------------------------------------ files
+# Under torch.distributed only rank 0 writes: on the other ranks the writers below return the path
+# they would have written and touch nothing, so every rank runs the same code (and the same
+# collectives) and no two processes race for a file, whether or not the ranks share a file system.
+def _writes() -> bool:
+    from skipkern import distributed as sd
+    return sd.is_main()
+
+
+def _made(d: Path) -> Path:
+    if _writes():
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def write_json(path: os.PathLike, obj: Any) -> str:
-    """Strict JSON (inf/nan as strings, numpy as lists), written atomically."""
+    """Strict JSON (inf/nan as strings, numpy as lists), written atomically (rank 0 only)."""
     path = Path(path)
+    if not _writes():
+        return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
@@ -122,8 +143,10 @@ def read_json(path: os.PathLike) -> Any:
 
 
 def write_csv(path: os.PathLike, rows: Sequence[dict]) -> str:
-    """One row per dict; the header is the union of keys in first-seen order."""
+    """One row per dict; the header is the union of keys in first-seen order (rank 0 only)."""
     path = Path(path)
+    if not _writes():
+        return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys: list = []
     for r in rows:

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from skipkern.experiments.common import Context, stats, write_csv, write_json
-from skipkern.experiments.runs import RunSpec, cached_record, final_metric, series, train_run
+from skipkern.experiments.runs import RunSpec, cached_records, final_metric, series, train_run
 from skipkern.plotting import band_plot, bar_plot, new_figure, save_figure
 
 __all__ = ["run_conditions", "run_rows", "curves", "accuracy_figure", "spectrum_values", "seeds_of",
@@ -26,7 +26,9 @@ def seeds_of(ctx: Context, cfg: dict) -> list:
 
 def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec]]) -> dict:
     """Train every spec (conditions x seeds) with one tqdm bar counting epochs (cached runs count at
-    once); in ``ctx.jobs`` worker processes when jobs > 1. Returns {condition: [record per seed]}."""
+    once); in ``ctx.jobs`` worker processes when jobs > 1, one after another under DDP when
+    torch.distributed is initialised (every rank must call this with the same specs).
+    Returns {condition: [record per seed]}."""
     flat = [(c, s) for c, ss in specs.items() for s in ss]
     total = sum(s.epochs for _, s in flat)
     done = [0] * len(flat)
@@ -43,7 +45,7 @@ def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec
             bar.update(max(flat[i][1].epochs - done[i], 0))
             bar.set_postfix_str(f"{flat[i][0]} seed {flat[i][1].seed} done")
 
-        cached = [cached_record(s, ctx) for _, s in flat]
+        cached = cached_records([s for _, s in flat], ctx)  # one collective under torch.distributed
         first: dict = {}  # a spec listed twice is trained once (two writers must not share a folder)
         dup: dict = {}
         todo = []
@@ -57,7 +59,9 @@ def run_conditions(ctx: Context, name: str, specs: Mapping[str, Sequence[RunSpec
             else:
                 first[k] = i
                 todo.append(i)
-        if ctx.jobs > 1 and len(todo) > 1:  # workers only for what is not on disk yet
+        # workers only for what is not on disk yet; under torch.distributed the ranks train each run
+        # together (DDP) instead
+        if ctx.jobs > 1 and len(todo) > 1 and ctx.group is None:
             from skipkern.experiments.parallel import run_specs
             fresh = run_specs(ctx, [flat[i][1] for i in todo], lambda j: tick(todo[j]),
                               lambda j, rec: finish(todo[j], rec))

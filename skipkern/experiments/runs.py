@@ -14,15 +14,16 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from skipkern import distributed as sd
 from skipkern.experiments.common import Context, read_json, write_json
 
 log = logging.getLogger("skipkern")
 
-__all__ = ["RunSpec", "train_run", "cached_record", "run_folder", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
+__all__ = ["RunSpec", "train_run", "cached_record", "cached_records", "run_folder", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
 
 RECORD_VERSION = 1
 
@@ -160,8 +161,7 @@ def run_folder(spec: RunSpec, ctx: Context):
     return ctx.runs_dir / f"{spec.label or spec.arch}-{spec.key(ctx)}"
 
 
-def cached_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
-    """The finished record of ``spec`` if an earlier run wrote one with the same identity, else None."""
+def _read_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
     rec_path = run_folder(spec, ctx) / "record.json"
     if rec_path.is_file():
         rec = read_json(rec_path)
@@ -171,11 +171,26 @@ def cached_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
     return None
 
 
+def cached_records(specs: Sequence[RunSpec], ctx: Context) -> list:
+    """The finished record of each spec (None where no earlier run wrote one with the same identity).
+
+    Under torch.distributed rank 0 reads its disk and broadcasts, so every rank decides the same
+    (train or skip) even when the other ranks cannot see rank 0's files: a collective call."""
+    return sd.run_on_main(lambda: [_read_record(s, ctx) for s in specs], ctx.group)
+
+
+def cached_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
+    """``cached_records`` of one spec (a collective under torch.distributed)."""
+    return cached_records([spec], ctx)[0]
+
+
 def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train (or load the finished record of) one run. Returns its record: spec, history (compact),
     final metrics, model parameter count, elapsed seconds and the run folder.
 
-    ``on_epoch`` is called with each epoch's record as training goes (progress bars)."""
+    ``on_epoch`` is called with each epoch's record as training goes (progress bars). Under
+    torch.distributed every rank calls this with the same spec: the net trains under DDP, rank 0
+    writes the run folder and the record, and every rank returns rank 0's record."""
     from skipkern.train import TrainConfig, train
 
     rec = cached_record(spec, ctx)
@@ -192,14 +207,18 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
                       degenerate_eps=spec.degenerate_eps, regularizer=reg, progress=False)
     t0 = time.perf_counter()
     result = train(model, data, cfg, out_dir=folder, resume=True, log=on_epoch or (lambda r: None))
-    history = _compact(result.history)
-    relative_fractions(history, spec.degenerate_rel)
-    rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "history": history,
-           "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
-           "num_params": int(sum(p.numel() for p in model.parameters())), "elapsed_s": time.perf_counter() - t0,
-           "stopped_early": bool(result.stopped_early), "cached": False}
-    write_json(rec_path, rec)
-    return read_json(rec_path)  # the same form a cached read gives (inf/nan restored)
+
+    def record() -> dict:  # reads the spectra rank 0 saved: rank 0 only, broadcast
+        history = _compact(result.history)
+        relative_fractions(history, spec.degenerate_rel)
+        rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "history": history,
+               "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
+               "num_params": int(sum(p.numel() for p in model.parameters())),
+               "elapsed_s": time.perf_counter() - t0, "stopped_early": bool(result.stopped_early), "cached": False}
+        write_json(rec_path, rec)
+        return read_json(rec_path)  # the same form a cached read gives (inf/nan restored)
+
+    return sd.run_on_main(record, ctx.group)
 
 
 # ----------------------------------------------------------------------------------------- accessors
