@@ -126,3 +126,30 @@ def test_single_process_checks():
         HessianOperator(forced, F.cross_entropy, (x, y), backend="generic")
     op = HessianOperator(_model(), F.cross_entropy, (x, y), batch_size=BATCH)
     assert op.process_group is None and op.shard_counts == [sum(SHARDS)]
+
+
+TWO_SHARDS = (11, 5)  # the same 16 rows over 2 ranks, unevenly
+
+
+def _two_ranks(rank, world):
+    x, y = _data()
+    lo = sum(TWO_SHARDS[:rank])
+    sl = slice(lo, lo + TWO_SHARDS[rank])
+    op = HessianOperator(_model(), F.cross_entropy, (x[sl], y[sl]), batch_size=BATCH)
+    dens = spectral_density(op, **DENSITY)
+    return {"hv": op.matmat(_probes(op.shape[0])), "nodes": dens.nodes, "weights": dens.weights,
+            "counts": op.shard_counts}
+
+
+def test_two_rank_hessian_matches_single_process():
+    outs = run_ranks(_two_ranks, 2, timeout=120)
+    x, y = _data()
+    ref_op = HessianOperator(_model(), F.cross_entropy, (x, y), batch_size=BATCH, process_group=None)
+    ref_hv = ref_op.matmat(_probes(ref_op.shape[0]))
+    ref = spectral_density(ref_op, **DENSITY)
+    for o in outs:
+        assert o["counts"] == list(TWO_SHARDS)
+        torch.testing.assert_close(o["hv"], ref_hv, rtol=0, atol=1e-10)
+        torch.testing.assert_close(torch.as_tensor(o["nodes"]), torch.as_tensor(ref.nodes), rtol=0, atol=1e-8)
+        torch.testing.assert_close(torch.as_tensor(o["weights"]), torch.as_tensor(ref.weights), rtol=0, atol=1e-8)
+    assert (torch.as_tensor(outs[0]["nodes"]) == torch.as_tensor(outs[1]["nodes"])).all()  # same state on both ranks
