@@ -8,6 +8,10 @@
     skipkern backends                             which kernels can run here
     skipkern bench                                run the benchmark scripts (bench/ of a source checkout)
 
+Under ``torchrun --nproc_per_node=N -m skipkern ...`` the same commands run data-parallel on
+torch.distributed (training under DDP, Hessian products all-reduced, rank 0 writes; ``diagnose``
+runs on rank 0 alone). See README "Distributed".
+
 Bad input (unknown experiment, missing data folder, unwritable output folder, a checkpoint of another
 architecture) ends with one line on stderr and a non-zero exit; ``--debug`` shows the traceback.
 """
@@ -58,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     from skipkern.nn import ARCHS
 
     ap = argparse.ArgumentParser(prog="skipkern", description="Fused skip-connection MLPs, Hessian spectra and the "
-                                 "experiments of Orhan & Pitkow, 'Skip Connections Eliminate Singularities'.")
+                                 "experiments of Orhan & Pitkow, 'Skip Connections Eliminate Singularities'.",
+                                 epilog="Data-parallel on several processes/GPUs/machines: run the same command under "
+                                        "'torchrun --nproc_per_node=N -m skipkern ...' (README, Distributed).")
     ap.add_argument("--version", action="version", version=f"skipkern {_version()}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
