@@ -151,3 +151,22 @@ def test_a_recipe_failing_on_one_rank_fails_on_every_rank(tmp_path):
     for o in outs:  # the ranks agree, and the next recipe's collectives still line up
         assert list(o["failed"]) == ["first"] and o["ran"] == ["second"]
         assert "rank(s) [0]" in o["failed"]["first"] and "disk full" in o["failed"]["first"]
+
+
+def test_train_and_diagnose_under_torchrun(tmp_path):
+    run = tmp_path / "run"
+    train = ["train", "--arch", "residual", "--depth", "3", "--width", "8", "--epochs", "2", "--n-train", "96",
+             "--n-test", "32", "--batch-size", "32", "--threads", "1", "--no-progress"]
+    p = torchrun(2, *train, "--out", str(run))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("training residual") == 1 and p.stdout.count("epoch 2:") == 1, p.stdout
+    single = skipkern(*train, "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    last = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()][-1]
+    ref = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines() if ln.strip()][-1]
+    assert last["epoch"] == ref["epoch"] == 2
+    assert last["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-5)
+    p = torchrun(2, "diagnose", str(run), "--samples", "32", "--out", str(tmp_path / "diag"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("diagnostics of checkpoint") == 1, p.stdout  # rank 0 alone
+    assert (tmp_path / "diag" / "condition_numbers.json").is_file()
