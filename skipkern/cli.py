@@ -256,6 +256,24 @@ def _context(args, mode: str):
                    progress=not args.no_progress, jobs=_jobs(args))
 
 
+def on_every_rank(fn, what: str):
+    """``fn()`` on every rank, with the ranks agreeing on failure: under torchrun a rank that fails
+    locally (a data folder or checkpoint another machine lacks) makes every rank raise the same
+    one-line error instead of leaving the others waiting at the next collective. ``fn()`` itself in
+    a single process."""
+    from skipkern import distributed as sd
+    group = sd.resolve_group("default")
+    if group is None:
+        return fn()
+    error = out = None
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks by check_ok below
+        error = _one_line(str(e) or type(e).__name__)
+    sd.check_ok(error, what, group)
+    return out
+
+
 def check_data(ctx, n_train, n_test) -> None:
     """Load the data once up front, so a missing or malformed folder fails before any training."""
     from skipkern.data import DATASETS
@@ -285,7 +303,7 @@ def cmd_repro(args) -> int:
     deep = [r for r in recipes if r.name != "simplified"]
     if deep:
         cfg = deep[0].config(mode, {k: v for k, v in overrides.items() if k in deep[0].configs[mode]})
-        check_data(ctx, cfg["n_train"], cfg["n_test"])
+        on_every_rank(lambda: check_data(ctx, cfg["n_train"], cfg["n_test"]), "loading the data")
     from skipkern import distributed as sd
     world = sd.world_size(ctx.group)
     say(f"skipkern repro {args.experiment} ({mode}) -> {ctx.out}  [device {ctx.device}, backend {ctx.backend}, "
@@ -348,6 +366,11 @@ def _load_checkpoint(args):
     return model, ckpt
 
 
+def _load_checkpoint_and_data(args):
+    model, ckpt = _load_checkpoint(args)
+    return model, ckpt, _checkpoint_data(args, ckpt, model)
+
+
 def _checkpoint_data(args, ckpt: dict, model):
     from skipkern.data import load_dataset
     d = ckpt.get("data", {})
@@ -376,8 +399,7 @@ def cmd_spectrum(args) -> int:
     from skipkern.hessian import HessianOperator, spectral_density
     from skipkern.plotting import new_figure, save_figure
 
-    model, ckpt = _load_checkpoint(args)
-    ds = _checkpoint_data(args, ckpt, model)
+    model, ckpt, ds = on_every_rank(lambda: _load_checkpoint_and_data(args), "loading the checkpoint and its data")
     x, y = _subset(ds, args.samples)
     out = ensure_writable(args.out)
     group = sd.resolve_group("default")
@@ -432,8 +454,7 @@ def cmd_diagnose(args) -> int:
         return 0
 
     if args.checkpoint:
-        model, ckpt = _load_checkpoint(args)
-        ds = _checkpoint_data(args, ckpt, model)
+        model, ckpt, ds = _load_checkpoint_and_data(args)
         what = f"checkpoint {args.checkpoint} (epoch {ckpt.get('epoch')})"
     else:
         from skipkern.experiments import Context
@@ -477,7 +498,7 @@ def cmd_train(args) -> int:
         raise CLIError(f"--spectrum-at must be a comma list of epochs, got {args.spectrum_at!r}")
     out = ensure_writable(args.out)
     ctx = _context(args, "quick" if args.quick else "full")
-    check_data(ctx, n_train, args.n_test)
+    on_every_rank(lambda: check_data(ctx, n_train, args.n_test), "loading the data")
     data = ctx.dataset(n_train, args.n_test)
     model = SkipMLP(data.in_features, width, args.depth, data.num_classes, arch=args.arch,
                     degenerate_fraction=args.degenerate_fraction, batchnorm_layers=tuple(args.bn_layer),

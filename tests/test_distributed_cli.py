@@ -170,3 +170,28 @@ def test_train_and_diagnose_under_torchrun(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("diagnostics of checkpoint") == 1, p.stdout  # rank 0 alone
     assert (tmp_path / "diag" / "condition_numbers.json").is_file()
+
+
+def _on_every_rank_ranks(rank, world):
+    from skipkern import distributed as sd
+    from skipkern.cli import CLIError, on_every_rank
+
+    def load():
+        if rank == 1:
+            raise CLIError("--data cifar10 needs --data-dir: the folder holding cifar-10-batches-py")
+        return rank
+
+    out = {"ok": on_every_rank(lambda: rank * 10, "loading the data")}
+    try:
+        on_every_rank(load, "loading the data")
+    except sd.DistributedError as e:
+        out["error"] = str(e)
+    return out
+
+
+def test_a_local_failure_before_training_stops_every_rank():
+    from tests.dist_utils import run_ranks
+    outs = run_ranks(_on_every_rank_ranks, 3, timeout=120)
+    for r, o in enumerate(outs):
+        assert o["ok"] == 10 * r
+        assert o["error"].startswith("loading the data failed on rank(s) [1]: rank 1: --data cifar10 needs --data-dir")
