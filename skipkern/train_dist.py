@@ -46,6 +46,9 @@ def shard(x: torch.Tensor, group: Optional[object]) -> torch.Tensor:
     return x[sd.rank(group)::sd.world_size(group)]
 
 
+_warned = {"cpu_batchnorm": False}
+
+
 def wrap_ddp(model: nn.Module, device: torch.device, group: object) -> nn.Module:
     """``model`` (already on ``device``) wrapped in DistributedDataParallel over ``group``.
 
@@ -60,7 +63,8 @@ def wrap_ddp(model: nn.Module, device: torch.device, group: object) -> nn.Module
     if bns and device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
         logger.info("ddp: %d BatchNorm layer(s) -> SyncBatchNorm (global batch statistics)", len(bns))
-    elif bns:
+    elif bns and sd.rank(group) == 0 and not _warned["cpu_batchnorm"]:  # once, on rank 0
+        _warned["cpu_batchnorm"] = True
         logger.warning("ddp on %s: SyncBatchNorm needs a GPU, so each rank's BatchNorm uses the statistics of "
                        "its own share of the batch (training differs slightly from one process)", device.type)
     # torch >= 2.13 renames broadcast_buffers to forward_sync_buffers (both still sync at construction)
