@@ -604,9 +604,12 @@ def _rank_tag() -> str:
 
 def _leave_group() -> None:
     """Destroy the process group _setup joined, so the ranks leave together and cleanly."""
+    import gc
+
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
         try:
+            gc.collect()  # free DDP reducers (and the process group they hold) while Python is alive
             dist.destroy_process_group()
         except Exception as e:  # noqa: BLE001 - leaving anyway; say why
             log.warning("destroy_process_group failed: %s", e)

@@ -22,6 +22,7 @@ it, so other nodes need not see rank 0's disk.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -648,6 +649,12 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("batch_loss", "train_acc") if k in rec})
     finally:
         bar.close()
+        if fwd is not model:
+            # DDP's constructor leaves a reference cycle (through its own frame) that keeps the wrapper,
+            # and so the process group, alive until a garbage collection; a gloo group still alive at
+            # interpreter exit can abort the process after the work is done. Free it now.
+            fwd = None
+            gc.collect()
     final = next((r for r in reversed(history) if "train_acc" in r), history[-1])
     return TrainResult(history=history, final=final, path=None if out is None else str(out),
                        config=config.to_dict(), model_config=mcfg, stopped_early=stopped, diverged=diverged)
