@@ -1,4 +1,4 @@
-"""Strong scaling of one Lanczos step of the data-parallel Hessian (issue 5).
+"""Strong scaling of one Lanczos step of the data-parallel Hessian.
 
 One step = one ``HessianOperator.matmat`` of k probes over the whole data set (each rank its strided
 share, ONE all-reduce of the [k, P] partial products and the sample count) plus the float64 full

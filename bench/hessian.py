@@ -1,4 +1,4 @@
-"""Hessian benchmark (issue 3): batched HVPs and a full SLQ density, ours vs the tools people use.
+"""Hessian benchmark: batched HVPs and a full SLQ density, ours vs the tools people use.
 
 Model: SkipMLP(in 40 [MNIST-1D], width 128, depth 20, 10 classes, residual), 2,000 samples, float32,
 cross-entropy. Providers (the same weights in each):

@@ -1,4 +1,4 @@
-"""BiasReg and BiasL2Reg (PAPER.md, "Deep networks").
+"""BiasReg and BiasL2Reg (docs/paper.md).
 
 BiasReg adds lam * sum over hidden biases (b_a - beta_a)^2 to the loss, with one target beta_a per
 hidden unit drawn once from N(mu, sigma^2) and then fixed. Distinct targets push units apart (against

@@ -1,4 +1,4 @@
-"""report.md: each of PAPER.md's seven results beside what a ``skipkern repro`` run found.
+"""report.md: each of the paper's seven results (docs/paper.md) beside what a ``skipkern repro`` run found.
 
 Reads ``<out>/<experiment>/results.json`` of every experiment present and writes ``<out>/report.md``
 (Markdown with the figures linked by relative path) plus ``<out>/summary.json`` and
@@ -79,7 +79,7 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
     lines = ["# skipkern: reproduction report",
              "",
              "Orhan & Pitkow, *Skip Connections Eliminate Singularities* (ICLR 2018): each result of "
-             "`PAPER.md` (\"Results to reproduce\") beside what this run measured. Verdicts: **reproduced** = every "
+             "docs/paper.md of the skipkern repository beside what this run measured. Verdicts: **reproduced** = every "
              "comparison the result makes holds beyond the seed-to-seed noise (difference larger than "
              "2 standard errors); **not reproduced** = at least one comparison goes clearly the other way; "
              "**inconclusive** = differences within the noise. Numbers are mean ± standard deviation over seeds "

@@ -53,7 +53,7 @@ RESUME_KEYS = ("batch_size", "lr", "seed", "regularizer")
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run. Defaults follow PAPER.md where it is specific (Adam, lr 5e-4,
+    """Settings of one training run. Defaults follow the paper where it is specific (Adam, lr 5e-4,
     batch 500); the rest are ours.
 
     Attributes:

@@ -3,7 +3,7 @@
 Layouts (Krizhevsky's "python version" archives, unpacked):
     cifar-10-batches-py/   data_batch_1 .. data_batch_5, test_batch     keys b"data", b"labels"
     cifar-100-python/      train, test                                  keys b"data", b"fine_labels"
-b"data" is uint8 [N, 3072] (3 x 32 x 32, channel-major). Preprocessing (PAPER.md leaves it open; ours):
+b"data" is uint8 [N, 3072] (3 x 32 x 32, channel-major). Preprocessing (the paper leaves it open; ours):
 flatten to [N, 3072], scale to [0, 1], subtract the per-feature mean of the training samples used
 (kept in ``meta["train_mean"]``). ``write_cifar_folder`` writes small folders of the same format for
 tests and demos.

@@ -1,4 +1,4 @@
-"""Teacher-student data of the simplified model (PAPER.md; after Wei et al. 2008, Amari et al. 2006).
+"""Teacher-student data of the simplified model (after Wei et al. 2008, Amari et al. 2006).
 
 Gaussian inputs x ~ N(0, I_d) and a teacher with hidden units i = 1..k:
     y = sum_i v_i g(J_i . x) + noise * eps,   eps ~ N(0, 1)

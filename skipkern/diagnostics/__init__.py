@@ -1,4 +1,4 @@
-"""Per-layer singularity diagnostics on an evaluation batch (PAPER.md, "Measurements").
+"""Per-layer singularity diagnostics on an evaluation batch (docs/paper.md, "What skipkern runs").
 
 Each function takes a model (SkipMLP, or any nn.Module whose hidden activations can be captured: see
 ``capture_layers``) and a batch, and returns a ``LayerDiagnostics`` (per-layer numpy arrays, scalar

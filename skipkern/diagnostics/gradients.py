@@ -1,4 +1,4 @@
-"""Per-layer gradient norms (vanishing gradients in plain and BiasReg nets, PAPER.md)."""
+"""Per-layer gradient norms (vanishing gradients in plain and BiasReg nets; docs/paper.md)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The three singularities of PAPER.md, measured per hidden layer on an evaluation batch.
+"""The three singularities of the paper (docs/paper.md), measured per hidden layer on an evaluation batch.
 
 - elimination: units that are never active (J_a = 0 or a bias that keeps z < 0), measured on the
   pre-skip activation act(z), since a skip input keeps h non-zero even when the unit itself is dead;

@@ -1,4 +1,4 @@
-"""Experiment ``architectures``: plain vs residual vs hyper-residual nets (PAPER.md results 1, 2, 7).
+"""Experiment ``architectures``: plain vs residual vs hyper-residual nets (docs/paper.md, results 1, 2, 7).
 
 Same depth, width, data and budget for the three; several seeds each. Measured per run: training
 accuracy over epochs (result 1), the fractions of degenerate (|lambda| <= eps) and negative Hessian

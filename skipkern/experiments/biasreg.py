@@ -1,5 +1,5 @@
 """Experiment ``biasreg``: plain, BiasL2Reg, BiasReg, BiasReg + one batch-norm layer, residual
-(PAPER.md result 4; depth 30 in the paper).
+(docs/paper.md, result 4; depth 30 in the paper).
 
 BiasReg adds lam * sum (b - beta)^2 over hidden biases with fixed targets beta ~ N(mu, sigma^2)
 (``skipkern.regularizers``). The paper tuned (mu, sigma, lam) by random search; here a small random

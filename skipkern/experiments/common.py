@@ -4,7 +4,7 @@ Every experiment writes into ``<out>/<experiment>/``:
     results.json   config, per-seed raw numbers, summaries (mean, std over seeds), findings, timing
     <name>.csv     one row per run (condition x seed) with the scalar metrics
     <figure>.png / .svg
-A *finding* puts one of PAPER.md's seven results beside what the run measured, with a verdict
+A *finding* puts one of the paper's seven results (docs/paper.md) beside what the run measured, with a verdict
 "reproduced", "not reproduced" or "inconclusive" decided by ``verdict`` from explicit comparisons.
 """
 from __future__ import annotations
@@ -266,7 +266,7 @@ class Finding:
     """One paper result beside this run's numbers.
 
     Attributes:
-        result: the result's number in PAPER.md (1-7; 0 for the simplified model, which PAPER.md
+        result: the result's number in docs/paper.md (1-7; 0 for the simplified model, which the paper
             describes but does not number).
         claim: the paper's statement. verdict: REPRODUCED / NOT_REPRODUCED / INCONCLUSIVE.
         evidence: what this run found, in words with the numbers (mean ± std over seeds, n).

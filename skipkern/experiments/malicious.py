@@ -1,4 +1,4 @@
-"""Experiment ``malicious``: residual vs maliciously initialised residual vs plain (PAPER.md result 6).
+"""Experiment ``malicious``: residual vs maliciously initialised residual vs plain (docs/paper.md, result 6).
 
 Malicious initialisation W_l <- W_l - I on the square hidden layers cancels the identity skip at the
 start (relu(W x - x) + x), so the net starts close to a plain net with a different init. The paper

@@ -1,5 +1,5 @@
 """Experiment ``seeds``: many plain nets from different seeds; does being closer to the singular
-manifolds go with training worse? (PAPER.md result 3)
+manifolds go with training worse? (docs/paper.md, result 3)
 
 Each net is a plain net of the shared deep configuration (the first seeds are the ``architectures``
 runs, shared through the run cache). Singularity measures per net:

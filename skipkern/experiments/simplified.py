@@ -1,4 +1,4 @@
-"""Experiment ``simplified``: the two-hidden-unit teacher-student model, plain vs skip (PAPER.md,
+"""Experiment ``simplified``: the two-hidden-unit teacher-student model, plain vs skip (docs/paper.md,
 "Simplified model"; after Wei et al. 2008 and Amari et al. 2006).
 
 Student, for input x [d] (Gaussian), g = erf(u/sqrt 2) or ReLU:

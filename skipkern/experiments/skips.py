@@ -1,4 +1,4 @@
-"""Experiment ``skips``: identity vs orthogonal vs degenerate skips vs plain (PAPER.md result 5).
+"""Experiment ``skips``: identity vs orthogonal vs degenerate skips vs plain (docs/paper.md, result 5).
 
 Orthogonal skips x_{l+1} = relu(W x_l + b) + Q_l x_l (Q_l fixed random orthogonal) should train about
 as well as identity skips; degenerate skips (a fraction p of Q_l's singular values zeroed) worse, the

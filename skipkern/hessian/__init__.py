@@ -1,5 +1,5 @@
 """Hessian spectral core: batched Hessian-vector products, stochastic Lanczos quadrature, traces,
-extreme eigenvalues and per-block spectra (issue 3).
+extreme eigenvalues and per-block spectra.
 
 - ``HessianOperator(model, loss_fn, data, ...)``: the data-mean loss Hessian as a [P, P] operator
   (backends "fused" for SkipMLP, "generic" for any module); ``DenseOperator`` for explicit matrices.

@@ -6,7 +6,7 @@ Layout, with ``depth`` hidden layers of ``width`` units:
     h_{j+1} = act(W_j h_j + b_j) + S_j(h_j) [+ hyper_j]         j = 1 .. depth-1 (square layers)
     logits = W_out h_depth + b_out                              linear output layer
 S_j is none (plain), identity (residual, hyper_residual), a fixed orthogonal Q_j (orthogonal) or a
-degenerate Q_j (degenerate). The hyper-residual term (PAPER.md, form unverified) is
+degenerate Q_j (degenerate). The hyper-residual term (docs/paper.md; the form is not published) is
     hyper_j = c_j * sum_{k<j} P_k h_k,   c_j = 1/(j-1) ("mean") or 1 ("sum"),
 P_k fixed random orthogonal ("orthogonal") or the identity ("identity"), one per source layer k.
 Optional BatchNorm1d after chosen hidden layers (``batchnorm_layers``, 0-based hidden indices), for the
