@@ -78,8 +78,8 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
     ctx = next(iter(results.values()), {}).get("context", {})
     lines = ["# skipkern: reproduction report",
              "",
-             "Orhan & Pitkow, *Skip Connections Eliminate Singularities* (ICLR 2018): each result of "
-             "docs/paper.md of the skipkern repository beside what this run measured. Verdicts: **reproduced** = every "
+             "Orhan & Pitkow, *Skip Connections Eliminate Singularities* (ICLR 2018): each of the paper's seven "
+             "results beside what this run measured. Verdicts: **reproduced** = every "
              "comparison the result makes holds beyond the seed-to-seed noise (difference larger than "
              "2 standard errors); **not reproduced** = at least one comparison goes clearly the other way; "
              "**inconclusive** = differences within the noise. Numbers are mean ± standard deviation over seeds "
