@@ -10,11 +10,18 @@
 // skip add or the second accumulator set of the dense skip x Q^T) is fused into the tile write-back,
 // so y and z are written exactly once and never re-read.
 //
-// Backward (g = grad_y): each thread owns a block of rows. It walks them in chunks of MC rows,
-// computing gz = g * act'(z) once into its scratch (accumulating db) and, while the chunk is in L2,
-// dx = gz W (+ g, or + g Q as a second stretch of the reduction into the same registers). Then its
-// partial dW = gz^T x over all of its rows, each dW tile reduced in registers and stored once. Partial
-// dW/db are summed across threads at the end (no atomics). act'(z) is recomputed from z (no bitmask).
+// Backward (g = grad_y): the batch is cut into a fixed number of row blocks (the thread count asked
+// for), each with its own scratch; the threads OpenMP actually gives take the blocks in turn. A block
+// is walked in chunks of MC rows, computing gz = g * act'(z) once into its scratch (accumulating db)
+// and, while the chunk is in L2, dx = gz W (+ g, or + g Q as a second stretch of the reduction into the
+// same registers). Then its partial dW = gz^T x over all of its rows, each dW tile reduced in registers
+// and stored once. Partial dW/db are summed over the blocks in block order at the end (no atomics).
+// act'(z) is recomputed from z (no bitmask).
+//
+// OpenMP may give a region fewer threads than omp_get_max_threads() (OMP_THREAD_LIMIT, OMP_DYNAMIC,
+// nesting): nothing here sizes or indexes scratch by the thread number. Blocks and scratch are fixed
+// before the region; the forward indexes its per-thread tails by omp_get_thread_num() < team <= nt.
+// So the result does not depend on the team size (bitwise).
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
@@ -153,32 +160,28 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
   T* wp = ws.get<T>(0, npk * N * NR);
   T* qp = DENSE ? ws.get<T>(1, npk * N * NR) : nullptr;
   const int nt = threads_for(3.0 * M * N * K);
-  const long rows_max = round_up(ceil_div(M, nt), MR);  // most rows a thread gets (row_range)
-  // Per thread: gz of its rows [rows_max, ldg], one packed x panel [kcb, NR], a padded tail of g
-  // [MR, N], db partial [ldb], and (threads > 0) a dW partial [N, K].
-  const std::size_t per_thread = rows_max * ldg + kcb * NR + MR * N + ldb + (nt > 1 ? N * K : 0);
-  T* thread_bufs = ws.get<T>(2, nt * per_thread);
-  auto buf = [&](int t) { return thread_bufs + t * per_thread; };
-  auto db_part = [&](int t) { return buf(t) + rows_max * ldg + kcb * NR + MR * N; };
-  auto dw_part = [&](int t) { return db_part(t) + ldb; };
+  // The partition: nb row blocks of whole MR blocks, fixed here, independent of the team size.
+  const int nb = nt;
+  const long rows_max = round_up(ceil_div(M, nb), MR);  // most rows a block gets (row_range)
+  // Per block: gz of its rows [rows_max, ldg], one packed x panel [kcb, NR], a padded tail of g
+  // [MR, N], db partial [ldb], and (blocks > 0) a dW partial [N, K].
+  const std::size_t per_block = rows_max * ldg + kcb * NR + MR * N + ldb + (nb > 1 ? N * K : 0);
+  T* block_bufs = ws.get<T>(2, nb * per_block);
+  auto buf = [&](int blk) { return block_bufs + blk * per_block; };
+  auto db_part = [&](int blk) { return buf(blk) + rows_max * ldg + kcb * NR + MR * N; };
+  auto dw_part = [&](int blk) { return db_part(blk) + ldb; };
 
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), team = omp_get_num_threads();
-    for (long j = t; j < npk; j += team) {
-      pack_panel(w, N, K, K, j, wp + j * N * NR);
-      if (DENSE) pack_panel(q, N, K, K, j, qp + j * N * NR);
-    }
-    T* gzt = buf(t);                         // [rows_max, ldg]
-    T* xpk = gzt + rows_max * ldg;           // [kcb, NR]
-    T* tail = xpk + kcb * NR;                // [MR, N]
-    T* dbt = db_part(t);                     // [ldb]
-    T* dwt = t == 0 ? dw : dw_part(t);       // [N, K]: thread 0 writes dW itself
+  // One row block, all of it on the calling thread: gz (+ db partial), dx rows, dW partial.
+  auto run_block = [&](int blk) {
+    T* gzt = buf(blk);                        // [rows_max, ldg]
+    T* xpk = gzt + rows_max * ldg;            // [kcb, NR]
+    T* tail = xpk + kcb * NR;                 // [MR, N]
+    T* dbt = db_part(blk);                    // [ldb]
+    T* dwt = blk == 0 ? dw : dw_part(blk);    // [N, K]: block 0 writes dW itself
     for (long n = 0; n < ldb; ++n) dbt[n] = T(0);
     long m_begin, m_end;
-    row_range(M, t, team, MR, &m_begin, &m_end);
+    row_range(M, blk, nb, MR, &m_begin, &m_end);
     const long my_rows = m_end - m_begin;
-#pragma omp barrier
     for (long c0 = 0; c0 < my_rows; c0 += mc) {  // c0, rows: relative to m_begin
       const long rows = std::min(mc, my_rows - c0), rows_pad = round_up(rows, MR);
       // 1) gz = g * act'(z) for the chunk (zero padding rows and columns), db partial.
@@ -230,7 +233,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
         }
       }
     }
-    // 3) dW (thread part) = gz^T x over the thread's rows, in blocks of kcb rows whose gz (~512 KiB)
+    // 3) dW (block part) = gz^T x over the block's rows, in blocks of kcb rows whose gz (~512 KiB)
     //    stays in L2 while one packed x panel at a time streams through the register tiles.
     for (long kb = 0; kb < my_rows; kb += kcb) {
       const long kr = std::min(kcb, my_rows - kb);
@@ -257,13 +260,24 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
         }
       }
     }
+  };
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    for (long j = t; j < npk; j += team) {
+      pack_panel(w, N, K, K, j, wp + j * N * NR);
+      if (DENSE) pack_panel(q, N, K, K, j, qp + j * N * NR);
+    }
 #pragma omp barrier
-    // Reduce the partial dW of threads 1.. (those that had rows) into dW, split by elements.
+    for (int blk = t; blk < nb; blk += team) run_block(blk);
+#pragma omp barrier
+    // Add the partial dW of blocks 1.. (those that had rows) into dW, in block order, split by elements.
     const long total = N * K, per = ceil_div(total, team);
     const long e0 = std::min(total, t * per), e1 = std::min(total, e0 + per);
-    for (int u = 1; u < team; ++u) {
+    for (int u = 1; u < nb; ++u) {
       long ub, ue;
-      row_range(M, u, team, MR, &ub, &ue);
+      row_range(M, u, nb, MR, &ub, &ue);
       if (ub >= ue) continue;
       const T* part = dw_part(u);
       for (long e = e0; e < e1; ++e) dw[e] += part[e];
@@ -271,7 +285,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
     if (db && t == 0) {
       for (long n = 0; n < N; ++n) {
         T acc = T(0);
-        for (int u = 0; u < team; ++u) acc += db_part(u)[n];
+        for (int u = 0; u < nb; ++u) acc += db_part(u)[n];
         db[n] = acc;
       }
     }
@@ -385,6 +399,13 @@ void register_skip_linear(py::module_& m) {
         py::dict d;
         d["isa"] = SKIPKERN_SIMD_ISA;
         d["max_threads"] = omp_get_max_threads();
+        int team = 0;  // what a region asking for max_threads gets now (fewer under a limit / dynamic)
+#pragma omp parallel num_threads(omp_get_max_threads())
+        {
+#pragma omp single
+          team = omp_get_num_threads();
+        }
+        d["team_threads"] = team;
         d["mr"] = kMR;
         d["mr_dual"] = kMRDual;
         d["nr_float32"] = kNR<float>;
@@ -392,5 +413,6 @@ void register_skip_linear(py::module_& m) {
         d["parallel_min_macs"] = kParallelMinMacs;
         return d;
       },
-      "Build facts of the CPU kernels: SIMD ISA, OpenMP threads, register tile sizes.");
+      "Build facts of the CPU kernels: SIMD ISA, OpenMP threads (max, and the team a region gets now), "
+      "register tile sizes.");
 }

@@ -185,3 +185,55 @@ def test_available_lists_every_backend_with_reason():
     assert st["torch"].available
     for b in st.values():
         assert b.available or b.reason
+
+
+# ------------------------------------------------------------- OpenMP: a team smaller than the maximum
+# OpenMP may give a parallel region fewer threads than omp_get_max_threads() (OMP_THREAD_LIMIT,
+# OMP_DYNAMIC on a loaded machine, nesting). The environment must be set before the process starts, so
+# the cpp launchers run in a subprocess; it prints the worst error of each gradient against float64.
+_OMP_SCRIPT = r"""
+import json, os, torch
+from skipkern.backends import cpp
+torch.set_num_threads(int(os.environ["THREADS"]))  # omp_get_max_threads(); the team may get fewer
+from skipkern.reference import skip_linear_bwd_ref, skip_linear_ref
+rows = []
+for b, k, n, skip in [(500, 128, 128, "identity"), (513, 128, 128, "identity"), (500, 130, 77, "dense"),
+                      (513, 33, 130, "none")]:
+    g = torch.Generator().manual_seed(b + k + n)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    x, w, bias, gy = r(b, k), r(n, k) / k ** 0.5, r(n), r(b, n)
+    q = r(n, k) / k ** 0.5 if skip == "dense" else None
+    y_ref, z = skip_linear_ref(x, w, bias, q, skip, "relu")
+    ref = (y_ref,) + skip_linear_bwd_ref(gy, x, w, z, q, skip, "relu", True)
+    for dtype in (torch.float64, torch.float32):
+        c = lambda t: None if t is None else t.to(dtype)
+        y, _ = cpp.skip_linear_fwd(c(x), c(w), c(bias), c(q), skip, "relu")
+        got = (y,) + cpp.skip_linear_bwd(c(gy), c(x), c(w), c(z), c(q), skip, "relu", True)
+        err = {name: float(((a.double() - e).abs() / (1 + e.abs())).max()) for name, a, e in
+               zip(("y", "dx", "dw", "db"), got, ref)}
+        rows.append(dict(case=f"B={b} K={k} N={n} {skip} {dtype}", dtype=str(dtype), err=err))
+print(json.dumps(dict(info=cpp.kernel_info(), rows=rows)))
+"""
+
+
+@pytest.mark.parametrize("env", [
+    pytest.param({"THREADS": "2", "OMP_NUM_THREADS": "2", "OMP_THREAD_LIMIT": "1"}, id="limit1"),
+    pytest.param({"THREADS": "4", "OMP_THREAD_LIMIT": "2"}, id="limit2of4", marks=pytest.mark.slow),
+    # dynamic adjustment never gives more threads than there are cores: ask for twice as many
+    pytest.param({"THREADS": str(2 * (os.cpu_count() or 1)), "OMP_DYNAMIC": "true"}, id="dynamic",
+                 marks=pytest.mark.slow),
+])
+def test_cpp_gradients_when_openmp_gives_fewer_threads(env):
+    ensure_backend("cpp")
+    import json
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _OMP_SCRIPT], env={**os.environ, **env}, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    info = out["info"]
+    assert info["team_threads"] < info["max_threads"], f"{env} did not shrink the OpenMP team: {info}"
+    bad = [(r["case"], name, e) for r in out["rows"] for name, e in r["err"].items()
+           if e > (1e-12 if r["dtype"] == "torch.float64" else 1e-4)]
+    assert not bad, f"{env}: {info}: {bad}"
