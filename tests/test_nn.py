@@ -107,3 +107,73 @@ def test_batchnorm_layers_and_bad_args():
         SkipMLP(4, 6, 3, 2, batchnorm_layers=[3])
     with pytest.raises(ValueError, match=r"x must have shape \[batch, 4\]"):
         m(torch.randn(2, 5))
+
+
+# ---------------------------------------------------------------------------------- init families
+# sha256 (first 16 hex digits) of SkipMLP(7, 6, 5, 3, arch, seed=11).state_dict(), recorded from the
+# code before init families existed: the default ("glorot") must stay the paper's draws bit for bit.
+_GLOROT_HASHES = {"plain": "11d0effd82a4a21b", "residual": "11d0effd82a4a21b", "orthogonal": "64508fc74b618d4c",
+                  "degenerate": "96392f246847b4fc", "hyper_residual": "0f140d16033c9f83"}
+
+
+def _state_hash(m: torch.nn.Module) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in m.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_glorot_family_matches_the_old_initialisation_bit_for_bit(arch):
+    assert _state_hash(SkipMLP(7, 6, 5, 3, arch=arch, seed=11)) == _GLOROT_HASHES[arch]
+    assert _state_hash(SkipMLP(7, 6, 5, 3, arch=arch, seed=11, init="glorot")) == _GLOROT_HASHES[arch]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scaled_family_rescales_the_same_draws(arch):
+    g = SkipMLP(7, 6, 5, 3, arch=arch, seed=3, dtype=torch.float64)
+    s = SkipMLP(7, 6, 5, 3, arch=arch, seed=3, dtype=torch.float64, init="scaled")
+    for lg, ls in zip(g.layers, s.layers):
+        ratio = (ls.weight / lg.weight).detach()
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
+        assert torch.count_nonzero(ls.bias) == 0
+        if lg.skip_weight is not None:
+            assert torch.equal(lg.skip_weight, ls.skip_weight)  # fixed skips are part of the architecture
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.pow(2).mean().sqrt())
+
+
+_SCALED_CASES = [(a, {}) for a in ARCHS if a != "hyper_residual"] + [
+    ("hyper_residual", dict(hyper_skip=s, hyper_reduce=r)) for s in ("orthogonal", "identity") for r in ("mean", "sum")]
+
+
+@pytest.mark.parametrize("arch,kw", _SCALED_CASES)
+def test_scaled_family_keeps_hidden_norms_and_logits_order_one_through_50_layers(arch, kw):
+    x = torch.randn(256, 40, generator=torch.Generator().manual_seed(0))
+    for seed in range(3):
+        m = SkipMLP(40, 128, 50, 10, arch=arch, seed=seed, init="scaled", **kw)
+        with torch.no_grad():
+            logits, hidden = m(x, return_hidden=True)
+        ratios = [_rms(h) / _rms(x) for h in hidden]
+        assert 1 / 8 < min(ratios) and max(ratios) < 8, (seed, min(ratios), max(ratios))
+        assert 0.05 < float(logits.std()) < 10, (seed, float(logits.std()))
+    # the paper's Glorot scheme does not: the plain signal vanishes, the residual one explodes
+    g = {a: SkipMLP(40, 128, 50, 10, arch=a, seed=0) for a in ("plain", "residual")}
+    with torch.no_grad():
+        assert _rms(g["plain"](x)) < 1e-4 and _rms(g["residual"](x)) > 1e4
+
+
+def test_init_arguments():
+    with pytest.raises(ValueError, match="init must be one of"):
+        SkipMLP(4, 6, 3, 2, init="he")
+    with pytest.raises(ValueError, match="init_gain must be a positive number"):
+        SkipMLP(4, 6, 3, 2, init_gain=0)
+    a, b = SkipMLP(4, 6, 3, 2, seed=0, init="scaled"), SkipMLP(4, 6, 3, 2, seed=0, init="scaled", init_gain=2.0)
+    for la, lb in list(zip(a.hidden_layers, b.hidden_layers)):
+        torch.testing.assert_close(lb.weight, 2 * la.weight)
+    torch.testing.assert_close(b.output_layer.weight, a.output_layer.weight)
+    assert "init='scaled'" in repr(a)

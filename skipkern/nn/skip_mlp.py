@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from skipkern.nn.init import random_orthogonal
+from skipkern.nn.init import INITS, glorot_std, hyper_scale, random_orthogonal, scaled_stds
 from skipkern.nn.skip_linear import SkipLinear
 
 ARCHS = ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")
@@ -41,13 +41,21 @@ class SkipMLP(nn.Module):
         batchnorm_layers: hidden-layer indices (0-based) followed by a BatchNorm1d.
         bias: learn biases. backend: forced backend of every layer.
         seed: makes weights and fixed skip matrices reproducible.
+        init: "glorot" (default; the paper's scheme: Glorot-normal weights, zero biases) or "scaled"
+            (scale-controlled: every architecture starts with hidden mean squares of the input's order
+            and O(1) logits at any depth; rules in ``skipkern.nn.init.scaled_stds`` and ``hyper_scale``).
+            Both families draw the same Gaussian numbers from the seed and differ only in the scale of
+            each weight matrix (and of the fixed hyper-residual matrices), so a seed names the same net
+            up to scale. Biases are zero in both; no normalisation layers are added.
+        init_gain: multiplies the standard deviation of every hidden weight matrix (not the output
+            layer's), for init-scale sweeps; 1 leaves the family's scheme unchanged.
     """
 
     def __init__(self, in_features: int, width: int, depth: int, out_features: int, arch: str = "residual",
                  activation: str = "relu", backend: str = "auto", degenerate_fraction: float = 0.5,
                  hyper_reduce: str = "mean", hyper_skip: str = "orthogonal",
                  batchnorm_layers: Sequence[int] = (), bias: bool = True, seed: Optional[int] = None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, init: str = "glorot", init_gain: float = 1.0):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -66,6 +74,11 @@ class SkipMLP(nn.Module):
         self.arch, self.activation = arch, activation
         self.hyper_reduce, self.hyper_skip = hyper_reduce, hyper_skip
         self.degenerate_fraction = degenerate_fraction
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not (isinstance(init_gain, (int, float)) and init_gain > 0):
+            raise ValueError(f"init_gain must be a positive number, got {init_gain!r}")
+        self.init, self.init_gain = init, float(init_gain)
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         kw = dict(activation=activation, backend=backend, bias=bias, generator=g, device=device, dtype=dtype)
         layers = [SkipLinear(in_features, width, skip="none", **kw)]
@@ -85,6 +98,24 @@ class SkipMLP(nn.Module):
                  else torch.eye(width, dtype=dt))
             self.register_buffer(f"hyper_{k}", p.to(self.layers[0].weight.device))
         self.n_hyper = n_hyper
+        self._rescale_init()
+
+    @torch.no_grad()
+    def _rescale_init(self) -> None:
+        """Turn the Glorot-normal draws of the constructor into the chosen family's scales (in place).
+        "glorot" with gain 1 touches nothing, so it stays bit for bit the paper's initialisation."""
+        if self.init == "glorot":
+            if self.init_gain != 1.0:
+                for layer in self.hidden_layers:
+                    layer.weight.mul_(self.init_gain)
+            return
+        stds = scaled_stds(self.arch, self.in_features, self.width, self.depth, self.out_features,
+                           degenerate_fraction=self.degenerate_fraction, gain=self.init_gain)
+        for layer, std in zip(self.layers, stds):
+            layer.weight.mul_(std / glorot_std(layer.in_features, layer.out_features))
+        gamma = hyper_scale(self.depth, self.hyper_skip, self.hyper_reduce)
+        for k in range(self.n_hyper):
+            getattr(self, f"hyper_{k}").mul_(gamma)
 
     @property
     def hidden_layers(self) -> nn.ModuleList:
@@ -133,7 +164,7 @@ class SkipMLP(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, width={self.width}, depth={self.depth}, "
-                f"out_features={self.out_features}, arch={self.arch!r}")
+                f"out_features={self.out_features}, arch={self.arch!r}, init={self.init!r}")
 
 
 @torch.no_grad()
