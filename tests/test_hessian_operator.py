@@ -261,3 +261,47 @@ def test_fused_primal_cache_follows_parameter_and_data_changes():
     assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL
     op.release_workspace()
     assert rel(op @ V, exact_hessian(m, lf, x, y) @ V) < RTOL
+
+
+def _replay(specs, x):
+    """SkipMLP's forward from its layer description alone (plain torch)."""
+    from skipkern.reference import activation_ref
+    h, hsum = x, None
+    for i, s in enumerate(specs):
+        z = h @ s["weight"].T + (0 if s["bias"] is None else s["bias"])
+        if i == len(specs) - 1:
+            return z
+        out = activation_ref(z, s["activation"])
+        out = out + (h if s["skip"] == "identity" else h @ s["skip_weight"].T if s["skip"] == "dense" else 0)
+        if s["hyper_coefficient"]:
+            out = out + s["hyper_coefficient"] * hsum
+        if s["hyper_source"] is not None:
+            hsum = h @ s["hyper_source"].T if hsum is None else hsum + h @ s["hyper_source"].T
+        h = out if s["norm"] is None else s["norm"](out)
+
+
+@pytest.mark.parametrize("kw", [dict(arch=a) for a in ("plain", "residual", "orthogonal", "degenerate")] + [
+    dict(arch="hyper_residual", hyper_reduce="sum", hyper_skip="identity"), dict(arch="hyper_residual"),
+    dict(arch="residual", bias=False, activation="tanh"), dict(arch="plain", batchnorm_layers=(1, 2))])
+def test_layer_specs_describe_the_forward_pass(kw):
+    m = SkipMLP(5, 6, 5, 3, seed=2, dtype=F64, **kw).eval()
+    x, _ = data()
+    specs = m.layer_specs()
+    assert len(specs) == len(m.layers)
+    named = dict(m.named_parameters())
+    for s in specs:
+        assert named[s["weight_name"]] is s["weight"]
+        assert (s["bias_name"] is None) == (s["bias"] is None) and (s["bias"] is None or named[s["bias_name"]] is s["bias"])
+    torch.testing.assert_close(_replay(specs, x), m(x), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_backend_follows_the_layer_description_without_bias():
+    m = small_mlp("hyper_residual", "tanh", depth=4)
+    nb = SkipMLP(5, 6, 4, 3, arch="orthogonal", activation="gelu", bias=False, seed=3, dtype=F64)
+    x, y = data()
+    lf = nn.CrossEntropyLoss()
+    for model in (m, nb):
+        H = exact_hessian(model, lf, x, y)
+        op = HessianOperator(model, lf, (x, y), backend="fused")
+        V = torch.randn(H.shape[0], 2, dtype=F64)
+        assert rel(op @ V, H @ V) < RTOL

@@ -76,25 +76,28 @@ def loss_spec(loss_fn: Callable) -> tuple[Optional[tuple], str]:
                   f"F.cross_entropy, nn.MSELoss, F.mse_loss)")
 
 
-def _layer_param(name: str, n_layers: int) -> Optional[tuple[int, str]]:
-    parts = name.split(".")
-    if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in ("weight", "bias"):
-        i = int(parts[1])
-        if i < n_layers:
-            return i, parts[2]
-    return None
+def _param_slots(model: SkipMLP) -> dict[str, tuple[int, str]]:
+    """{parameter name: (layer index, "weight" | "bias")} from the model's layer description."""
+    slots = {}
+    for s in model.layer_specs():
+        slots[s["weight_name"]] = (s["index"], "weight")
+        if s["bias_name"] is not None:
+            slots[s["bias_name"]] = (s["index"], "bias")
+    return slots
 
 
 def supports(model: nn.Module, loss_fn: Callable, names: Sequence[str]) -> tuple[bool, str]:
     """Whether the fused backend can compute this Hessian, and if not, why."""
     if not isinstance(model, SkipMLP):
         return False, f"model is a {type(model).__name__}, not a SkipMLP"
-    if len(model.norms):
+    specs = model.layer_specs()
+    if any(sp["norm"] is not None for sp in specs):
         return False, "SkipMLP has BatchNorm layers (batchnorm_layers)"
     spec, why = loss_spec(loss_fn)
     if spec is None:
         return False, why
-    bad = [n for n in names if _layer_param(n, len(model.layers)) is None]
+    slots = _param_slots(model)
+    bad = [n for n in names if n not in slots]
     if bad:
         return False, f"parameters {bad[:3]} are not layer weights/biases"
     return True, ""
@@ -112,27 +115,23 @@ class FusedHVP:
         self.epilogue_backend = epilogue_backend
         self._rop = None  # launcher module of the rop_epilogue backend, set per product by batch_hvp
         self.spec, _ = loss_spec(loss_fn)
-        self.where = [_layer_param(n, len(model.layers)) for n in self.names]
+        slots = _param_slots(model)
+        self.where = [slots[n] for n in self.names]
         self._ws: dict[str, Tensor] = {}
         self._primal_cache: dict[tuple, dict] = {}
 
     # ------------------------------------------------------------------------------- pieces
     def _layers(self) -> list[dict]:
-        m, dt = self.model, self.dtype
-        out = []
-        for i, layer in enumerate(m.layers):
-            w = layer.weight.detach().to(dt)
-            b = None if layer.bias is None else layer.bias.detach().to(dt)
-            kind, q = "none", None
-            if layer.skip == "identity":
-                kind = "identity"
-            elif layer.skip in ("orthogonal", "degenerate"):
-                kind, q = "dense", layer.skip_weight.detach().to(dt)
-            hyper = i < len(m.layers) - 1 and m.n_hyper > 0 and i >= 2
-            out.append(dict(w=w, b=b, kind=kind, q=q, act=layer.activation,
-                            c=m.hyper_coefficient(i) if hyper else 0.0,
-                            p=m.hyper_matrix(i).detach().to(dt) if 1 <= i <= m.n_hyper else None))
-        return out
+        """Per layer, from SkipMLP.layer_specs(), detached and cast to the product dtype: w [N, K],
+        b [N] or None, kind ("none" | "identity" | "dense"), q (the dense skip), act, c (hyper
+        coefficient) and p (hyper source matrix or None)."""
+        dt = self.dtype
+
+        def cast(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.detach().to(dt)
+        return [dict(w=cast(s["weight"]), b=cast(s["bias"]), kind=s["skip"], q=cast(s["skip_weight"]),
+                     act=s["activation"], c=float(s["hyper_coefficient"]), p=cast(s["hyper_source"]))
+                for s in self.model.layer_specs()]
 
     def _row_weights(self, logits_shape: tuple, y: Tensor, batch_index: int) -> Tensor:
         """Per-row loss weights w_r [n] of the whole batch, from the reduction (and ignore_index)."""
@@ -337,12 +336,8 @@ class FusedHVP:
         return primal
 
     def _state_tensors(self) -> list[Tensor]:
-        m = self.model
-        out = []
-        for layer in m.layers:
-            out += [t for t in (layer.weight, layer.bias, layer.skip_weight) if t is not None]
-        out += [m.hyper_matrix(i) for i in range(1, m.n_hyper + 1)]
-        return out
+        return [t for s in self.model.layer_specs()
+                for t in (s["weight"], s["bias"], s["skip_weight"], s["hyper_source"]) if t is not None]
 
     def _chunk(self, x: Tensor, y: Tensor, w: Tensor, layers: list[dict], dirs: list, res: list,
                key: tuple, budget: int, parent: tuple) -> Tensor:

@@ -166,6 +166,31 @@ class SkipMLP(nn.Module):
         return (f"in_features={self.in_features}, width={self.width}, depth={self.depth}, "
                 f"out_features={self.out_features}, arch={self.arch!r}, init={self.init!r}")
 
+    def layer_specs(self) -> list:
+        """One description of the forward pass, layer by layer (the output layer last), for code that
+        re-derives it (the fused Hessian R-op). Layer l maps its input h_l (h_0 = x) to
+            h_{l+1} = norm(act(h_l W^T + b) + S(h_l) + c * sum_{i<l} h_i P_i^T)
+        Each entry is a dict: ``index``; ``weight_name`` / ``bias_name`` (names in
+        ``self.named_parameters()``; bias_name None without a bias); ``weight`` [out, in] / ``bias``
+        [out] (the Parameters, or None); ``activation``; ``skip`` "none" | "identity" | "dense" with
+        ``skip_weight`` (Q [out, in] for "dense", else None); ``hyper_coefficient`` c (0.0 when the
+        layer adds no hyper-residual term); ``hyper_source`` (P_l [width, width] when this layer's
+        input h_l feeds the later layers' hyper terms, else None); ``norm`` (the BatchNorm1d applied
+        to this layer's output, or None)."""
+        last = len(self.layers) - 1
+        specs = []
+        for i, layer in enumerate(self.layers):
+            dense = layer.skip in ("orthogonal", "degenerate")
+            specs.append(dict(
+                index=i, weight_name=f"layers.{i}.weight", weight=layer.weight,
+                bias_name=None if layer.bias is None else f"layers.{i}.bias", bias=layer.bias,
+                activation=layer.activation, skip="dense" if dense else layer.skip,
+                skip_weight=layer.skip_weight if dense else None,
+                hyper_coefficient=self.hyper_coefficient(i) if (self.n_hyper and 2 <= i < last) else 0.0,
+                hyper_source=self.hyper_matrix(i) if 1 <= i <= self.n_hyper else None,
+                norm=self.norms[str(i)] if (i < last and str(i) in self.norms) else None))
+        return specs
+
 
 @torch.no_grad()
 def malicious_init_(model: SkipMLP) -> SkipMLP:
