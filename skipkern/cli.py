@@ -404,8 +404,7 @@ def cmd_spectrum(args) -> int:
     out = ensure_writable(args.out)
     group = sd.resolve_group("default")
     if group is not None:  # under torchrun: each rank holds its strided shard; products all-reduce
-        idx = sd.shard_indices(x.shape[0], group)
-        x, y = x[idx], y[idx]
+        x, y = sd.shard(x, group), sd.shard(y, group)
     n_samples = sum(sd.gather_ints(x.shape[0], group))
     op = HessianOperator(model, F.cross_entropy, (x, y), backend=args.hessian_backend)
     seed = (parse_seeds(args.seeds) or [0])[0]

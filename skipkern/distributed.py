@@ -19,7 +19,7 @@ log = logging.getLogger("skipkern")
 
 __all__ = [
     "resolve_group", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum",
-    "gather_ints", "check_same", "check_nonempty", "DistributedError", "shard_indices", "check_ok",
+    "gather_ints", "check_same", "check_nonempty", "DistributedError", "shard", "check_ok",
     "broadcast_object", "run_on_main", "shared_seed", "all_reduce_sums",
 ]
 
@@ -120,11 +120,13 @@ def init_from_env(backend: Optional[str] = None, timeout_s: Optional[float] = No
     return dist.group.WORLD
 
 
-def shard_indices(n: int, group: Optional[object], *, seed: Optional[int] = None) -> Sequence[int]:
-    """This rank's indices of ``n`` samples, strided like DistributedSampler (no padding, so shards may
-    differ by one and the weighted mean over ranks stays exact). Shuffled first when ``seed`` is given."""
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
-    return idx[rank(group)::world_size(group)]
+def shard(x, group: Optional[object]):
+    """This rank's strided share x[r::W] of the rows of ``x`` (a tensor or a sequence; ``x`` itself in
+    one process). Strided like DistributedSampler, without padding: shares differ by at most one row,
+    so a mean weighted by the ranks' row counts stays exact."""
+    if group is None:
+        return x
+    return x[rank(group)::world_size(group)]
 
 
 def all_reduce_sums(values: Sequence[float], group: Optional[object]) -> list[float]:

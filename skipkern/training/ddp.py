@@ -1,4 +1,4 @@
-"""Data-parallel pieces of ``skipkern.train``: DistributedDataParallel wrapping, the per-rank share of
+"""Data-parallel pieces of the training loop: DistributedDataParallel wrapping, the per-rank share of
 each mini-batch with exact global-mean gradients, and exactly averaged evaluation metrics.
 
 How a step is split. Every rank draws the same epoch permutation (same seed) and walks the same
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from skipkern import distributed as sd
 
 logger = logging.getLogger("skipkern.train")
 
-__all__ = ["rank_device", "wrap_ddp", "local_batch_loss", "evaluate_global", "shard", "save_path_on_main"]
+__all__ = ["rank_device", "wrap_ddp", "local_batch_loss", "evaluate_global"]
 
 
 def rank_device(device: torch.device, group: Optional[object]) -> torch.device:
@@ -37,13 +37,6 @@ def rank_device(device: torch.device, group: Optional[object]) -> torch.device:
     if group is not None and device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def shard(x: torch.Tensor, group: Optional[object]) -> torch.Tensor:
-    """This rank's strided share x[r::W] of the rows of ``x`` (``x`` itself in one process)."""
-    if group is None:
-        return x
-    return x[sd.rank(group)::sd.world_size(group)]
 
 
 _warned = {"cpu_batchnorm": False}
@@ -112,7 +105,7 @@ def evaluate_global(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"x and y must hold the same number (> 0) of samples, got {x.shape[0]} and {y.shape[0]}")
-    xs, ys = shard(x, group), shard(y, group)
+    xs, ys = sd.shard(x, group), sd.shard(y, group)
     total, correct = 0.0, 0
     with eval_mode(model):
         for i in range(0, xs.shape[0], batch_size):
@@ -122,8 +115,3 @@ def evaluate_global(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
             correct += int((out.argmax(1) == yb).sum())
     total, correct, count = sd.all_reduce_sums([total, correct, xs.shape[0]], group)
     return total / count, correct / count
-
-
-def save_path_on_main(path: Union[str, None], group: Optional[object]):
-    """``path`` on rank 0 (and in one process), None elsewhere: only rank 0 writes files."""
-    return path if sd.rank(group) == 0 else None
