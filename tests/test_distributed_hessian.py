@@ -137,8 +137,13 @@ def _two_ranks(rank, world):
     sl = slice(lo, lo + TWO_SHARDS[rank])
     op = HessianOperator(_model(), F.cross_entropy, (x[sl], y[sl]), batch_size=BATCH)
     dens = spectral_density(op, **DENSITY)
+    summed = HessianOperator(_model(), _sum_ce, (x[sl], y[sl]), batch_size=BATCH)  # reduction measured
     return {"hv": op.matmat(_probes(op.shape[0])), "nodes": dens.nodes, "weights": dens.weights,
-            "counts": op.shard_counts}
+            "counts": op.shard_counts, "sum_hv": summed.matmat(_probes(op.shape[0]))}
+
+
+def _sum_ce(out, target):
+    return F.cross_entropy(out, target, reduction="sum")
 
 
 def test_two_rank_hessian_matches_single_process():
@@ -147,8 +152,11 @@ def test_two_rank_hessian_matches_single_process():
     ref_op = HessianOperator(_model(), F.cross_entropy, (x, y), batch_size=BATCH, process_group=None)
     ref_hv = ref_op.matmat(_probes(ref_op.shape[0]))
     ref = spectral_density(ref_op, **DENSITY)
+    sum_ref = HessianOperator(_model(), _sum_ce, (x, y), process_group=None).matmat(_probes(ref_op.shape[0]))
+    torch.testing.assert_close(sum_ref, ref_hv * x.shape[0], rtol=1e-12, atol=1e-12)  # the sum is N x the mean
     for o in outs:
         assert o["counts"] == list(TWO_SHARDS)
+        torch.testing.assert_close(o["sum_hv"], sum_ref, rtol=0, atol=1e-9)  # a sum loss: shards weigh 1
         torch.testing.assert_close(o["hv"], ref_hv, rtol=0, atol=1e-10)
         torch.testing.assert_close(torch.as_tensor(o["nodes"]), torch.as_tensor(ref.nodes), rtol=0, atol=1e-8)
         torch.testing.assert_close(torch.as_tensor(o["weights"]), torch.as_tensor(ref.weights), rtol=0, atol=1e-8)

@@ -305,3 +305,75 @@ def test_fused_backend_follows_the_layer_description_without_bias():
         op = HessianOperator(model, lf, (x, y), backend="fused")
         V = torch.randn(H.shape[0], 2, dtype=F64)
         assert rel(op @ V, H @ V) < RTOL
+
+
+def _sum_sq(out, target):
+    return ((out - target) ** 2).sum()
+
+
+def _mean_ce(out, target):
+    return torch.nn.functional.cross_entropy(out, target)
+
+
+REDUCTION_CASES = [  # (loss, targets, backends that run it)
+    (nn.CrossEntropyLoss(reduction="sum"), "cls", ("fused", "generic")),
+    (nn.MSELoss(reduction="sum"), "reg", ("fused", "generic")),
+    (nn.MSELoss(), "reg", ("fused", "generic")),
+    (nn.CrossEntropyLoss(ignore_index=1), "cls", ("fused", "generic")),  # mean over counted targets
+    (nn.CrossEntropyLoss(ignore_index=2, reduction="sum"), "cls", ("fused", "generic")),
+    (nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=F64)), "cls", ("generic",)),
+    (_sum_sq, "reg", ("generic",)),  # a plain callable: its reduction is measured on the first batch
+    (_mean_ce, "cls", ("generic",)),
+]
+
+
+@pytest.mark.parametrize("budget", [None, 4096])
+@pytest.mark.parametrize("loss_fn,target,backends", REDUCTION_CASES)
+def test_reductions_over_uneven_batches_and_chunks(loss_fn, target, backends, budget):
+    """The Hessian of the loss over ALL the data, whatever the batching and the memory budget's chunks."""
+    m = small_mlp("residual", "tanh", depth=3)
+    x, y = data(n=13)
+    if target == "reg":
+        y = torch.randn(13, 3, dtype=F64)
+    H = exact_hessian(m, loss_fn, x, y)  # the loss of the full data in one call
+    V = torch.randn(H.shape[0], 3, dtype=F64)
+    batches = [(x[:5], y[:5]), (x[5:6], y[5:6]), (x[6:], y[6:])]  # uneven, one of a single row
+    for backend in backends:
+        op = HessianOperator(m, loss_fn, batches, backend=backend, memory_budget=budget)
+        assert rel(op @ V, H @ V) < RTOL, backend
+        whole = HessianOperator(m, loss_fn, (x, y), backend=backend, batch_size=4, memory_budget=budget)
+        assert rel(whole @ V, H @ V) < RTOL, backend
+    loss, grad = HessianOperator(m, loss_fn, batches).loss_and_gradient()
+    names = [n for n, _ in m.named_parameters()]
+    ref = loss_fn(m(x), y)
+    ref_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref, [dict(m.named_parameters())[n] for n in names])])
+    assert abs(loss - float(ref.detach())) < 1e-10 * max(1.0, abs(float(ref.detach()))) and rel(grad, ref_grad) < 1e-10
+
+
+def test_reduction_errors_and_all_ignored_batches():
+    m = small_mlp("plain", "relu", depth=3)
+    x, y = data(n=10)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        HessianOperator(m, nn.CrossEntropyLoss(reduction="none"), (x, y))
+    with pytest.raises(ValueError, match="contradicts"):
+        HessianOperator(m, nn.CrossEntropyLoss(), (x, y), reduction="sum")
+    with pytest.raises(ValueError, match="reduction must be"):
+        HessianOperator(m, nn.CrossEntropyLoss(), (x, y), reduction="max")
+    odd = HessianOperator(m, lambda o, t: torch.nn.functional.cross_entropy(o, t, reduction="sum") / o.shape[0] ** 0.5,
+                          (x, y))
+    with pytest.raises(ValueError, match="cannot tell how loss_fn reduces"):
+        odd @ torch.ones(odd.shape[0], 1, dtype=F64)
+    forced = HessianOperator(m, lambda o, t: ((o - t) ** 2).sum(), (x, torch.randn(10, 3, dtype=F64)), reduction="sum")
+    assert forced.reduction.kind == "sum"
+    # a batch whose targets are all ignored adds nothing to a mean loss (and does not make it nan)
+    lf = nn.CrossEntropyLoss(ignore_index=0)
+    y2 = y.clone()
+    y2[:4] = 0
+    keep = y2 != 0
+    H = exact_hessian(m, lf, x[keep], y2[keep])
+    V = torch.randn(H.shape[0], 2, dtype=F64)
+    for backend in ("fused", "generic"):
+        op = HessianOperator(m, lf, [(x[:4], y2[:4]), (x[4:], y2[4:])], backend=backend)
+        assert rel(op @ V, H @ V) < RTOL
+        with pytest.raises(ValueError, match="ignore_index"):
+            HessianOperator(m, lf, (x[:4], y2[:4]), backend=backend) @ V

@@ -134,7 +134,8 @@ class FusedHVP:
                 for s in self.model.layer_specs()]
 
     def _row_weights(self, logits_shape: tuple, y: Tensor, batch_index: int) -> Tensor:
-        """Per-row loss weights w_r [n] of the whole batch, from the reduction (and ignore_index)."""
+        """Per-row weights w_r [n] of the batch's sum-form loss sum_r w_r ell_r (skipkern.hessian.reduction:
+        for a "mean" loss the batch mean times its denominator, for a "sum" loss the sum)."""
         kind, red, ignore = self.spec
         n, C = logits_shape
         if kind == "ce" and not y.dtype.is_floating_point:
@@ -145,18 +146,12 @@ class FusedHVP:
             bad = valid & ((y < 0) | (y >= C))
             if bool(bad.any()):
                 raise ValueError(f"cross-entropy targets must lie in [0, {C}) on batch {batch_index}")
-            w = valid.to(self.dtype)
-            if red == "mean":
-                cnt = float(w.sum())
-                if cnt == 0:
-                    raise ValueError(f"loss is nan on data batch {batch_index}: every target is ignore_index")
-                w = w / cnt
-            return w
+            return valid.to(self.dtype)  # ignored rows weigh 0 in the sum and in the mean's denominator
         if y.shape != (n, C):
             what = "cross-entropy probability" if kind == "ce" else "MSE"
             raise ValueError(f"{what} targets must have the outputs' shape {(n, C)}, got {tuple(y.shape)} "
                              f"on batch {batch_index}")
-        scale = 1.0 if red == "sum" else (1.0 / n if kind == "ce" else 1.0 / (n * C))
+        scale = 1.0 / C if (kind == "mse" and red == "mean") else 1.0  # torch's MSE mean is over n * C
         return torch.full((n,), scale, dtype=self.dtype, device=y.device)
 
     def _loss_terms(self, logits: Tensor, y: Tensor, w: Tensor):
@@ -211,7 +206,7 @@ class FusedHVP:
 
     # ------------------------------------------------------------------------------- product
     def batch_hvp(self, x: Tensor, y: Tensor, Vt: Tensor, memory_budget: int, batch_index: int = 0) -> Tensor:
-        """Hessian of the batch loss (loss_fn's reduction over these rows) times each row of Vt [k, P]."""
+        """Hessian of the batch's sum-form loss (``_row_weights``) times each row of Vt [k, P] -> [k, P]."""
         layers = self._layers()
         if x.dim() != 2 or x.shape[1] != layers[0]["w"].shape[1]:
             raise ValueError(f"inputs must have shape [n, {layers[0]['w'].shape[1]}], got {tuple(x.shape)} "

@@ -3,7 +3,9 @@
 For one batch (x [n, ...], y [n, ...]) and k directions Vt [k, P] (flat, in the operator's parameter
 order), the product is forward-over-reverse, ``jvp(grad(loss))``, vmapped over the k directions:
 one forward/backward graph shared by all directions, the tangents batched. Directions and rows are
-chunked to fit ``memory_budget``; row chunks are weighted by their size (``loss_fn`` is a batch mean).
+chunked to fit ``memory_budget``; the result is the Hessian of the batch's sum-form loss (each row
+chunk's loss times its mean denominator for a "mean" loss, times 1 for a "sum" loss; see
+skipkern.hessian.reduction), so chunking never changes it.
 Parameters outside the selected set and buffers enter as constants.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
+
+from skipkern.hessian.reduction import Reduction
 
 __all__ = ["GenericHVP", "batch_loss_grad", "functorch_safe_loss"]
 
@@ -93,8 +97,9 @@ def batch_loss_grad(model: nn.Module, loss_fn: Callable, names: Sequence[str], d
 class GenericHVP:
     """Batched HVPs of any module by torch.func (forward-over-reverse, vmap over directions)."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype):
-        self.model, self.names, self.dtype = model, list(names), dtype
+    def __init__(self, model: nn.Module, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype,
+                 reduction: Reduction):
+        self.model, self.names, self.dtype, self.reduction = model, list(names), dtype, reduction
         self.loss_fn = functorch_safe_loss(loss_fn)
         self._act_per_row = None
 
@@ -134,7 +139,7 @@ class GenericHVP:
         return min(rows, n), kc
 
     def batch_hvp(self, x: Tensor, y: Tensor, Vt: Tensor, memory_budget: int, batch_index: int = 0) -> Tensor:
-        """Hessian of the batch-mean loss times each row of Vt [k, P] -> [k, P]."""
+        """Hessian of the batch's sum-form loss times each row of Vt [k, P] -> [k, P]."""
         k = Vt.shape[0]
         rows, kc = self.chunks(x, k, memory_budget)
         params, consts = _state(self.model, self.names, self.dtype)
@@ -143,6 +148,9 @@ class GenericHVP:
         n = x.shape[0]
         for r0 in range(0, n, rows):
             xr, yr = x[r0:r0 + rows], y[r0:r0 + rows]
+            weight = self.reduction.factor(yr)
+            if weight == 0:  # a chunk whose targets are all ignored: no term (its mean loss is nan)
+                continue
             g = grad(_loss_function(self.model, self.loss_fn, consts, xr, yr, batch_index), has_aux=True)
 
             def hvp(v: dict):
@@ -158,5 +166,5 @@ class GenericHVP:
                 if c0 == 0:
                     _check_finite(loss, batch_index)
                 flat = torch.cat([tangent[nm].reshape(chunk.shape[0], -1) for nm in self.names], dim=1)
-                out[c0:c0 + kc].add_(flat, alpha=xr.shape[0] / n)
+                out[c0:c0 + kc].add_(flat, alpha=weight)
         return out

@@ -4,12 +4,14 @@ A ``CurvatureOperator`` is a symmetric [P, P] linear map known only through prod
 implement ``_matmat(V [P, k]) -> [P, k]``; ``matvec``, ``matmat``, ``@``, ``shape``, ``dtype`` and a
 scipy ``LinearOperator`` view come from the base (after curvlinops' operator design).
 
-``HessianOperator`` is the Hessian of the data-mean loss of a module,
+``HessianOperator`` is the Hessian of the loss ``loss_fn`` defines on all the data, whatever the
+batching, chunking or sharding (skipkern.hessian.reduction): for a "mean" loss
 
-    L(theta) = sum_b (n_b / N) * loss_fn(model(x_b; theta), y_b),
+    L(theta) = sum_b d_b * loss_fn(model(x_b; theta), y_b) / sum_b d_b
 
-over batches b of n_b rows (N = sum n_b), so a ragged last batch is weighted exactly when ``loss_fn``
-returns its batch mean (the torch default). Products run through one of two HVP backends:
+over batches b with mean denominators d_b (rows, or counted targets for cross-entropy with
+ignore_index / class weights), for a "sum" loss L = sum_b loss_fn(model(x_b), y_b). Products run
+through one of two HVP backends:
 "fused" (skipkern.hessian.hvp_fused: analytic R-op of a SkipMLP carrying all k directions at once) or
 "generic" (skipkern.hessian.hvp_generic: torch.func forward-over-reverse, vmapped over k). Every
 product is one pass over the data.
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 
 from skipkern import distributed as sd
 from skipkern.hessian import hvp_fused, hvp_generic, sharding
+from skipkern.hessian.reduction import measure_reduction, resolve_reduction
 
 log = logging.getLogger("skipkern")
 
@@ -172,13 +175,16 @@ def _is_distinct_param_set(names: Sequence[str]) -> bool:
 
 
 class HessianOperator(CurvatureOperator):
-    """Hessian of the data-mean loss of ``model`` w.r.t. ``params``, as a [P, P] operator.
+    """Hessian of the full-data loss of ``model`` w.r.t. ``params``, as a [P, P] operator.
 
     Args:
         model: any nn.Module mapping inputs -> outputs.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``, the batch mean (e.g. nn.CrossEntropyLoss()).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` reducing over rows by a mean or a sum
+            (e.g. nn.CrossEntropyLoss(), nn.MSELoss(reduction="sum"), a lambda).
         data: a pair ``(inputs [N, ...], targets [N, ...])`` or a re-iterable of such pairs (a list or
-            a DataLoader); batches are weighted by their size n_b / N.
+            a DataLoader). The Hessian is that of the loss over all of it: batches are weighted by
+            their share of the mean's denominator ("mean") or by 1 ("sum"), so batching, chunking
+            (``memory_budget``) and sharding do not change it.
         params: parameters to differentiate: None (default) = every parameter with requires_grad, in
             ``model.named_parameters()`` order; or a sequence of names or Parameter objects (kept in
             the given order). The flat vector of length P concatenates ``p.reshape(-1)`` in that order
@@ -200,17 +206,21 @@ class HessianOperator(CurvatureOperator):
             build the same model. ``shard_counts`` lists the ranks' shard sizes (rows, or batches
             for an iterable without a known row count). Errors in set-up raise DistributedError on
             every rank.
+        reduction: None (default: read from loss_fn, e.g. ``loss_fn.reduction``, or for a plain
+            callable measured on the first batch), "mean" or "sum" (must agree with what loss_fn
+            declares). A reduction other than a mean or a sum raises ValueError.
     """
 
     def __init__(self, model: nn.Module, loss_fn, data, *, params=None, batch_size: Optional[int] = None,
                  dtype: Optional[torch.dtype] = None, backend: str = "auto",
                  memory_budget: Optional[int] = None, train_mode: bool = False,
-                 process_group: Optional[object] = "default"):
+                 process_group: Optional[object] = "default", reduction: Optional[str] = None):
         super().__init__()
         self.process_group = group = sd.resolve_group(process_group)
 
         def setup() -> None:
-            self._setup(model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode)
+            self._setup(model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode,
+                        reduction)
             sharding.check_device(self)
 
         if group is None:
@@ -224,7 +234,8 @@ class HessianOperator(CurvatureOperator):
                                               group)
         log.info("hessian: rank %d of %d, shard sizes %s", sd.rank(group), sd.world_size(group), self.shard_counts)
 
-    def _setup(self, model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode) -> None:
+    def _setup(self, model, loss_fn, data, params, batch_size, dtype, backend, memory_budget, train_mode,
+               reduction) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -236,6 +247,11 @@ class HessianOperator(CurvatureOperator):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         self.model, self.loss_fn, self.train_mode = model, loss_fn, bool(train_mode)
+        self.reduction = resolve_reduction(loss_fn, reduction)
+        declared = resolve_reduction(loss_fn).kind
+        if reduction is not None and declared not in ("auto", reduction):
+            raise ValueError(f"reduction={reduction!r} contradicts loss_fn, which declares reduction={declared!r}; "
+                             f"drop the argument or change the loss")
         self.memory_budget = memory_budget if memory_budget is not None else DEFAULT_MEMORY_BUDGET
         self._set_params(params)
         first = self._params[0]
@@ -318,7 +334,8 @@ class HessianOperator(CurvatureOperator):
         if name == "fused":
             self._impl = hvp_fused.FusedHVP(self.model, self.loss_fn, self.param_names, self._dtype)
         else:
-            self._impl = hvp_generic.GenericHVP(self.model, self.loss_fn, self.param_names, self._dtype)
+            self._impl = hvp_generic.GenericHVP(self.model, self.loss_fn, self.param_names, self._dtype,
+                                                self.reduction)
 
     # --------------------------------------------------------------------------- products
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -349,27 +366,51 @@ class HessianOperator(CurvatureOperator):
             for m, f in flags:
                 m.training = f
 
-    def _partial(self, Vt: Tensor) -> tuple[Tensor, int]:
-        """(sum_b n_b H_b V^T [k, P], sum_b n_b) over this process's batches."""
-        out = torch.zeros_like(Vt)
-        total = 0
-        with self._mode(), torch.no_grad():
+    def _reduction_kind(self, x: Tensor, y: Tensor, i: int) -> str:
+        """The loss's reduction, measured on the first batch when loss_fn does not declare it."""
+        if self.reduction.kind == "auto":
+            with torch.no_grad():
+                out = self.model(x[:8])
+            self.reduction.kind = measure_reduction(self.loss_fn, out, y[:8], i)  # shared with the backend
+        return self.reduction.kind
+
+    def _over_batches(self, per_batch, init: Tensor) -> tuple[Tensor, float]:
+        """(sum_b per_batch(i, x, y), count) over this process's batches, where per_batch returns the
+        batch's sum-form term; count = sum_b d_b ("mean") or the number of rows ("sum")."""
+        out, total = init, 0.0
+        with self._mode():
             for i, (x, y) in enumerate(self.batches()):
-                n = x.shape[0]
-                hv = self._impl.batch_hvp(x, y, Vt, self.memory_budget, batch_index=i)  # [k, P], batch mean
-                out.add_(hv, alpha=float(n))
-                total += n
+                kind = self._reduction_kind(x, y, i)
+                d = self.reduction.denominator(y) if kind == "mean" else float(x.shape[0])
+                if kind == "mean" and d == 0:
+                    continue  # every target of the batch is ignored: it adds nothing to the loss
+                out.add_(per_batch(i, x, y))
+                total += d
         return out, total
+
+    def _divide(self) -> bool:
+        return self.reduction.kind == "mean"
+
+    def _finish(self, out: Tensor, total: float) -> Tensor:
+        if total == 0:
+            raise ValueError("data holds no batches" if self.reduction.kind == "sum" else
+                             "no target of the data counts in the mean loss (all are ignore_index): the loss is nan")
+        self.data_passes += 1
+        return out / total if self._divide() else out
+
+    def _partial(self, Vt: Tensor) -> tuple[Tensor, float]:
+        """(sum_b H_b V^T [k, P] of the batches' sum-form losses, count) over this process's batches."""
+        def hvp(i, x, y):
+            return self._impl.batch_hvp(x, y, Vt, self.memory_budget, batch_index=i)
+        with torch.no_grad():
+            return self._over_batches(hvp, torch.zeros_like(Vt))
 
     def _matmat(self, V: Tensor) -> Tensor:
         Vt = V.T.contiguous()  # [k, P]: one row per direction
         if self.process_group is not None:
-            return sharding.reduced_mean(self, self._partial, Vt, Vt.shape, "product").to(self._dtype).T
-        out, total = self._partial(Vt)
-        if total == 0:
-            raise ValueError("data holds no batches")
-        self.data_passes += 1
-        return (out / total).T
+            return sharding.reduced_mean(self, self._partial, Vt, Vt.shape, "product",
+                                         divide=self._divide).to(self._dtype).T
+        return self._finish(*self._partial(Vt)).T
 
     def release_workspace(self) -> None:
         """Free the fused backend's cached [rows, k, width] buffers (kept between products so that
@@ -377,34 +418,23 @@ class HessianOperator(CurvatureOperator):
         if hasattr(self._impl, "release_workspace"):
             self._impl.release_workspace()
 
-    def _loss_grad_sums(self, _=None) -> tuple[Tensor, int]:
-        """([P + 1] float64: sum_b n_b grad_b and sum_b n_b loss_b, sum_b n_b) over this process's batches."""
-        acc = torch.zeros(self._shape[0] + 1, dtype=torch.float64, device=self._device)
-        total = 0
-        with self._mode():
-            for i, (x, y) in enumerate(self.batches()):
-                l, g = hvp_generic.batch_loss_grad(self.model, self.loss_fn, self.param_names, self._dtype, x, y, i)
-                acc[:-1].add_(g.double(), alpha=float(x.shape[0]))
-                acc[-1] += float(l) * x.shape[0]
-                total += x.shape[0]
-        return acc, total
+    def _loss_grad_sums(self, _=None) -> tuple[Tensor, float]:
+        """([P + 1] float64: the sum-form gradient and loss over this process's batches, count)."""
+        def term(i, x, y):
+            l, g = hvp_generic.batch_loss_grad(self.model, self.loss_fn, self.param_names, self._dtype, x, y, i)
+            f = self.reduction.factor(y)
+            return torch.cat([g.double() * f, torch.tensor([float(l) * f], dtype=torch.float64, device=g.device)])
+        return self._over_batches(term, torch.zeros(self._shape[0] + 1, dtype=torch.float64, device=self._device))
 
     def loss_and_gradient(self) -> tuple[float, Tensor]:
-        """The data-mean loss and its gradient [P] (float64 sum over batches), one data pass (over all
-        ranks' shards under a process group, one all-reduce)."""
+        """The full-data loss and its gradient [P] (float64), one data pass (over all ranks' shards
+        under a process group, one all-reduce)."""
         if self.process_group is not None:
-            mean = sharding.reduced_mean(self, self._loss_grad_sums, None, (self._shape[0] + 1,),
-                                         "loss and gradient")
-            return float(mean[-1]), mean[:-1]
-        grad = torch.zeros(self._shape[0], dtype=torch.float64, device=self._device)
-        loss, total = 0.0, 0
-        with self._mode():
-            for i, (x, y) in enumerate(self.batches()):
-                l, g = hvp_generic.batch_loss_grad(self.model, self.loss_fn, self.param_names, self._dtype, x, y, i)
-                grad.add_(g.double(), alpha=float(x.shape[0]))
-                loss += float(l) * x.shape[0]
-                total += x.shape[0]
-        return loss / total, grad / total
+            acc = sharding.reduced_mean(self, self._loss_grad_sums, None, (self._shape[0] + 1,),
+                                        "loss and gradient", divide=self._divide)
+        else:
+            acc = self._finish(*self._loss_grad_sums())
+        return float(acc[-1]), acc[:-1]
 
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
         """Per-parameter tensors (in ``param_names`` order) -> one flat vector [P]."""

@@ -2,9 +2,10 @@
 the one all-reduce per product.
 
 Each rank holds its own shard of the data. A product computes the rank's partial sum
-S_r = sum_b n_b H_b V (H_b the Hessian of batch b's mean loss) and its row count n_r; ONE float64
-all-reduce of [S_r (flat), n_r, one failure flag per rank] gives sum_r S_r / sum_r n_r, the exact
-mean over the union of the shards, on every rank (uneven shards weighted exactly). The reduction
+S_r = sum_b H_b V (H_b the Hessian of batch b's sum-form loss, skipkern.hessian.reduction) and its
+count n_r (the mean's denominator); ONE float64 all-reduce of [S_r (flat), n_r, one failure flag per
+rank] gives sum_r S_r / sum_r n_r for a "mean" loss (sum_r S_r for a "sum" loss), the exact Hessian
+of the loss over the union of the shards, on every rank (uneven shards weighted exactly). The reduction
 runs in float64 whatever the product dtype (the Lanczos state's precision; the count stays exact).
 A rank whose partial product raises still joins that all-reduce with its flag set, so every rank
 sees the failure and raises DistributedError naming the rank and its error (one more small exchange,
@@ -77,9 +78,11 @@ def collective_setup(setup: Callable[[], None], group: object, what: str) -> Non
         err = None  # no frame <-> traceback cycle holding ``group`` (see skipkern.distributed.run_on_main)
 
 
-def reduced_mean(op, partial: Callable[[Any], tuple[Tensor, int]], arg: Any, shape: tuple, what: str) -> Tensor:
-    """sum_r S_r / sum_r n_r as float64 of ``shape``, where this rank's (S_r, n_r) = ``partial(arg)``
-    (S_r of ``shape``), with ONE all-reduce over ``op.process_group``; counts one data pass."""
+def reduced_mean(op, partial: Callable[[Any], tuple[Tensor, float]], arg: Any, shape: tuple, what: str,
+                 divide: Callable[[], bool] = lambda: True) -> Tensor:
+    """sum_r S_r / sum_r n_r (or sum_r S_r when ``divide()`` is False, asked after ``partial``) as
+    float64 of ``shape``, where this rank's (S_r, n_r) = ``partial(arg)`` (S_r of ``shape``), with ONE
+    all-reduce over ``op.process_group``; counts one data pass."""
     group = op.process_group
     world, r = sd.world_size(group), sd.rank(group)
     err, part, n = None, None, 0
@@ -107,4 +110,4 @@ def reduced_mean(op, partial: Callable[[Any], tuple[Tensor, int]], arg: Any, sha
     if total == 0:
         raise ValueError("the data holds no batches on any rank")
     op.data_passes += 1
-    return (buf[:size] / total).view(shape)
+    return (buf[:size] / total if divide() else buf[:size]).view(shape)
