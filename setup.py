@@ -115,6 +115,7 @@ setup(
     packages=[
         "skipkern", "skipkern.ops", "skipkern.nn", "skipkern.backends", "skipkern.hessian",
         "skipkern.diagnostics", "skipkern.data", "skipkern.experiments", "skipkern.kernels",
+        "skipkern.training", "skipkern.cli",
     ],
     package_dir={"skipkern": "skipkern", "skipkern.kernels": "kernels"},
     ext_modules=ext_modules,
