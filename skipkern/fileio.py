@@ -25,9 +25,9 @@ class NoSpaceError(OSError):
 
 
 def _no_space(path: Path, err: BaseException) -> NoSpaceError:
-    out = NoSpaceError(errno.ENOSPC, f"no space left on device while writing {path} (free some space and rerun; "
-                                     f"the partial file was removed)")
-    out.__cause__ = err
+    out = NoSpaceError(f"no space left on device while writing {path} (the partial file was removed; free some "
+                       f"space and rerun)")
+    out.errno = errno.ENOSPC
     return out
 
 

@@ -102,7 +102,9 @@ class RunLock:
         except FolderInUseError:
             raise
         except OSError as e:
-            raise OSError(e.errno, f"cannot write to the output folder {self.folder}: {e.strerror or e}") from e
+            err = OSError(f"cannot write to the output folder {self.folder}: {e.strerror or e}")
+            err.errno = e.errno
+            raise err from e
         self._fd, self._pid, self._created, self._depth = fd, os.getpid(), created, 1
         return self
 
