@@ -19,8 +19,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from skipkern.nn.fused_mlp import fused_forward
 from skipkern.nn.init import INITS, glorot_std, hyper_scale, random_orthogonal, scaled_stds
 from skipkern.nn.skip_linear import SkipLinear
+from skipkern.ops.skip_mlp import check_fused
 
 ARCHS = ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")
 _ARCH_SKIP = {"plain": "none", "residual": "identity", "orthogonal": "orthogonal",
@@ -49,14 +51,18 @@ class SkipMLP(nn.Module):
             up to scale. Biases are zero in both; no normalisation layers are added.
         init_gain: multiplies the standard deviation of every hidden weight matrix (not the output
             layer's), for init-scale sweeps; 1 leaves the family's scheme unchanged.
+        fused: None (one fused op per layer) or "mlp" (the whole net in one op, skipkern.nn.fused_mlp;
+            where it cannot run, the per-layer path, with the reason logged and kept in ``fused_path``).
     """
 
     def __init__(self, in_features: int, width: int, depth: int, out_features: int, arch: str = "residual",
                  activation: str = "relu", backend: str = "auto", degenerate_fraction: float = 0.5,
                  hyper_reduce: str = "mean", hyper_skip: str = "orthogonal",
                  batchnorm_layers: Sequence[int] = (), bias: bool = True, seed: Optional[int] = None,
-                 device=None, dtype=None, init: str = "glorot", init_gain: float = 1.0):
+                 device=None, dtype=None, init: str = "glorot", init_gain: float = 1.0,
+                 fused: Optional[str] = None):
         super().__init__()
+        self.fused = check_fused(fused)
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         for name, v in (("in_features", in_features), ("width", width), ("depth", depth),
@@ -139,6 +145,10 @@ class SkipMLP(nn.Module):
         ``depth`` hidden representations h_1 .. h_depth, each [B, width] (after skip and BN)."""
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must have shape [batch, {self.in_features}], got {tuple(x.shape)}")
+        if self.fused is not None:
+            out = fused_forward(self, x, return_hidden)
+            if out is not None:  # None: the whole-MLP op cannot run here (reason logged), per-layer path below
+                return out
         hidden = []
         h = self.layers[0](x)
         h = self._norm(0, h)
