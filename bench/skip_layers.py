@@ -38,7 +38,7 @@ from bench.common import env_info, format_table, measure, summarize, write_resul
 from skipkern import backends  # noqa: E402
 from skipkern.nn import SkipLinear, SkipMLP  # noqa: E402
 from skipkern.ops.skip_linear import normalize_skip  # noqa: E402
-from skipkern.reference import skip_linear_composite  # noqa: E402
+from skipkern.reference import SKIP_CODES, activation_code, skip_linear_composite  # noqa: E402
 
 MODES = ("forward", "fwd+bwd")
 DISTURBED = 1.5  # a median above this multiple of its minimum marks a run disturbed by other load
@@ -56,8 +56,11 @@ def eager_layers(layers) -> Callable:
 def kernel_chain(name: str, layers) -> Callable:
     """Forward (and, with grad_y, backward) through the backend's launchers, no autograd."""
     launch = backends.launcher(name)
-    spec = [(layer.weight.detach(), None if layer.bias is None else layer.bias.detach(),
-             *normalize_skip(layer.skip_arg), layer.activation) for layer in layers]
+    spec = []
+    for layer in layers:
+        kind, q = normalize_skip(layer.skip_arg)
+        spec.append((layer.weight.detach(), None if layer.bias is None else layer.bias.detach(), SKIP_CODES[kind],
+                     q, activation_code(layer.activation)))
 
     def run(x: torch.Tensor, grad_y: Optional[torch.Tensor] = None):
         saved = []  # (input, z) per layer, kept only when a backward follows (as autograd would)

@@ -18,12 +18,10 @@
 #include <new>
 #include <vector>
 
+#include "op_codes.h"
 #include "simd.h"
 
 namespace skipkern {
-
-enum class Act { kRelu, kIdentity, kTanh, kGelu };
-enum class Skip { kNone, kIdentity, kDense };
 
 // Register blocking per ISA. AVX-512 has 32 vector registers: 8x2 = 16 accumulators for one product
 // (plus 2 B vectors and a broadcast), 6x2x2 = 24 for the dual product. 16-register ISAs get half.

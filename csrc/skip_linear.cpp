@@ -317,30 +317,16 @@ template void skip_linear_bwd_cpu<double>(const double*, const double*, const do
                                           const double*, double*, double*, double*, long, long, long, Skip, Act);
 
 // ------------------------------------------------------------------------------------------ binding
-Act parse_act(const std::string& s) {
-  if (s == "relu") return Act::kRelu;
-  if (s == "identity") return Act::kIdentity;
-  if (s == "tanh") return Act::kTanh;
-  if (s == "gelu") return Act::kGelu;
-  throw py::value_error("activation must be one of relu, identity, tanh, gelu; got '" + s + "'");
-}
-
-Skip parse_skip(const std::string& s) {
-  if (s == "none") return Skip::kNone;
-  if (s == "identity") return Skip::kIdentity;
-  if (s == "dense") return Skip::kDense;
-  throw py::value_error("skip must be one of none, identity, dense; got '" + s + "'");
-}
-
 template <typename T>
 T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+// Memory safety only: names, shapes and dtypes were validated in Python (skipkern.ops, backends).
 void check_args(long M, long K, long N, Skip skip, std::uintptr_t q) {
   if (M < 0 || K < 0 || N < 0) throw py::value_error("sizes must be non-negative");
   if (skip == Skip::kIdentity && K != N)
-    throw py::value_error("skip='identity' needs in_features == out_features, got K=" + std::to_string(K) +
+    throw py::value_error("skip 'identity' needs in_features == out_features, got K=" + std::to_string(K) +
                           ", N=" + std::to_string(N));
-  if (skip == Skip::kDense && q == 0 && K > 0 && N > 0) throw py::value_error("skip='dense' needs a Q pointer");
+  if (skip == Skip::kDense && q == 0 && K > 0 && N > 0) throw py::value_error("skip 'dense' needs a Q pointer");
 }
 
 }  // namespace skipkern
@@ -350,10 +336,9 @@ void register_skip_linear(py::module_& m) {
   m.def(
       "skip_linear_fwd_cpu",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
-         std::uintptr_t y, std::uintptr_t z, long M, long K, long N, const std::string& skip,
-         const std::string& activation) {
-        const Skip sk = parse_skip(skip);
-        const Act ac = parse_act(activation);
+         std::uintptr_t y, std::uintptr_t z, long M, long K, long N, int skip, int activation) {
+        const Skip sk = skip_from_code(skip);
+        const Act ac = act_from_code(activation);
         check_args(M, K, N, sk, q);
         py::gil_scoped_release nogil;
         if (dtype == "float32")
@@ -366,16 +351,17 @@ void register_skip_linear(py::module_& m) {
           throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
       },
       "Fused forward on raw pointers: y = act(x W^T + b) + S(x), z = x W^T + b. x [M,K], W/Q [N,K], b [N] "
-      "(0 = none), y/z [M,N]; all contiguous row-major of one dtype.",
+      "(0 = none), y/z [M,N]; all contiguous row-major of one dtype. skip, activation: integer codes "
+      "(skipkern.reference.SKIP_CODES, ACTIVATION_CODES).",
       py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("q"), py::arg("y"),
       py::arg("z"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("skip"), py::arg("activation"));
   m.def(
       "skip_linear_bwd_cpu",
       [](const std::string& dtype, std::uintptr_t gy, std::uintptr_t x, std::uintptr_t w, std::uintptr_t z,
          std::uintptr_t q, std::uintptr_t dx, std::uintptr_t dw, std::uintptr_t db, long M, long K, long N,
-         const std::string& skip, const std::string& activation) {
-        const Skip sk = parse_skip(skip);
-        const Act ac = parse_act(activation);
+         int skip, int activation) {
+        const Skip sk = skip_from_code(skip);
+        const Act ac = act_from_code(activation);
         check_args(M, K, N, sk, q);
         py::gil_scoped_release nogil;
         if (dtype == "float32")

@@ -27,25 +27,34 @@ import torch
 import triton
 import triton.language as tl
 
+from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.reference import ACTIVATION_CODES, SKIP_CODES
+
 log = logging.getLogger("skipkern")
 
-ACTIVATIONS = ("relu", "identity", "tanh", "gelu")
-SKIPS = ("none", "identity", "dense")
 INT32_LIMIT = 2**31 - 1  # kernels index with int32 offsets
+# ACTIVATION and SKIP arrive as the integer codes of skipkern.reference's table; named here for the kernels.
+_RELU = tl.constexpr(ACTIVATION_CODES["relu"])
+_IDENTITY = tl.constexpr(ACTIVATION_CODES["identity"])
+_TANH = tl.constexpr(ACTIVATION_CODES["tanh"])
+_GELU = tl.constexpr(ACTIVATION_CODES["gelu"])
+_SKIP_IDENTITY = tl.constexpr(SKIP_CODES["identity"])
+_SKIP_DENSE = tl.constexpr(SKIP_CODES["dense"])
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------ helpers
 @triton.jit
 def _activation(z, ACTIVATION: tl.constexpr):
     """act(z) in the accumulator dtype. relu keeps NaN (z < 0 is false for NaN), as torch.relu does."""
-    if ACTIVATION == "relu":
+    if ACTIVATION == _RELU:
         a = tl.where(z < 0.0, 0.0, z)
-    elif ACTIVATION == "tanh":
+    elif ACTIVATION == _TANH:
         # no tanh in tl core and libdevice does not run in the interpreter: the overflow-safe exp form
         e = tl.exp(-2.0 * tl.abs(z))
         t = (1.0 - e) / (1.0 + e)
         a = tl.where(z < 0.0, -t, t)
-    elif ACTIVATION == "gelu":
+    elif ACTIVATION == _GELU:
         a = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
     else:
         a = z
@@ -56,13 +65,13 @@ def _activation(z, ACTIVATION: tl.constexpr):
 def _activation_grad(z, ACTIVATION: tl.constexpr):
     """act'(z); relu'(0) = 0 as in torch. Multiplied into g (not tl.where) so NaN in g propagates like
     the reference's g * (z > 0)."""
-    if ACTIVATION == "relu":
+    if ACTIVATION == _RELU:
         d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACTIVATION == "tanh":
+    elif ACTIVATION == _TANH:
         e = tl.exp(-2.0 * tl.abs(z))
         t = (1.0 - e) / (1.0 + e)
         d = 1.0 - t * t
-    elif ACTIVATION == "gelu":
+    elif ACTIVATION == _GELU:
         d = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
     else:
         d = tl.full(z.shape, 1.0, z.dtype)
@@ -88,7 +97,7 @@ def _skip_linear_fwd_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
-    if SKIP == "dense":
+    if SKIP == _SKIP_DENSE:
         acc_skip = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
     for k0 in range(0, K, BLOCK_SIZE_K):
         kk = k0 + offs_k
@@ -99,7 +108,7 @@ def _skip_linear_fwd_kernel(
         wt = tl.load(w_ptr + kk[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                      mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
-        if SKIP == "dense":
+        if SKIP == _SKIP_DENSE:
             qt = tl.load(q_ptr + kk[:, None] * stride_qk + offs_n[None, :] * stride_qn,
                          mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION)
@@ -108,10 +117,10 @@ def _skip_linear_fwd_kernel(
         b = tl.load(b_ptr + offs_n * stride_bn, mask=mask_n, other=0.0)
         acc = acc + b.to(acc_dtype)[None, :]
     y = _activation(acc, ACTIVATION)
-    if SKIP == "identity":  # N == K: S(x) is the [BM, BN] tile of x itself
+    if SKIP == _SKIP_IDENTITY:  # N == K: S(x) is the [BM, BN] tile of x itself
         xs = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xk, mask=mask_mn, other=0.0)
         y = y + xs.to(acc_dtype)
-    elif SKIP == "dense":
+    elif SKIP == _SKIP_DENSE:
         y = y + acc_skip
     tl.store(z_ptr + offs_m[:, None] * stride_zm + offs_n[None, :] * stride_zn,
              acc.to(z_ptr.dtype.element_ty), mask=mask_mn)
@@ -144,18 +153,18 @@ def _skip_linear_bwd_dx_kernel(
         g = tl.load(g_ptr + offs_m[:, None] * stride_gm + nn[None, :] * stride_gn, mask=mask_mn, other=0.0)
         w = tl.load(w_ptr + nn[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        if ACTIVATION == "identity":
+        if ACTIVATION == _IDENTITY:
             gz = g
         else:
             z = tl.load(z_ptr + offs_m[:, None] * stride_zm + nn[None, :] * stride_zn, mask=mask_mn, other=0.0)
             gz = (g.to(acc_dtype) * _activation_grad(z.to(acc_dtype), ACTIVATION)).to(w.dtype)
         acc = tl.dot(gz, w, acc, input_precision=DOT_PRECISION)
-        if SKIP == "dense":
+        if SKIP == _SKIP_DENSE:
             qv = tl.load(q_ptr + nn[:, None] * stride_qn + offs_k[None, :] * stride_qk,
                          mask=mask_n[:, None] & mask_k[None, :], other=0.0)
             acc = tl.dot(g, qv, acc, input_precision=DOT_PRECISION)
     mask_mk = mask_m[:, None] & mask_k[None, :]
-    if SKIP == "identity":  # N == K: S^T(g) is the [BM, BK] tile of g
+    if SKIP == _SKIP_IDENTITY:  # N == K: S^T(g) is the [BM, BK] tile of g
         gs = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_k[None, :] * stride_gn, mask=mask_mk, other=0.0)
         acc = acc + gs.to(acc_dtype)
     tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
@@ -193,7 +202,7 @@ def _skip_linear_bwd_dw_kernel(
         # gz^T tile [BN, BM] loaded transposed through the strides, so no tl.trans is needed
         mask_nm = mask_n[:, None] & mask_m[None, :]
         g = tl.load(g_ptr + offs_n[:, None] * stride_gn + mm[None, :] * stride_gm, mask=mask_nm, other=0.0)
-        if ACTIVATION == "identity":
+        if ACTIVATION == _IDENTITY:
             gz = g.to(acc_dtype)
         else:
             z = tl.load(z_ptr + offs_n[:, None] * stride_zn + mm[None, :] * stride_zm, mask=mask_nm, other=0.0)
@@ -305,74 +314,51 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
 
 
-def _check(tensors: dict, skip: str, activation: str) -> torch.dtype:
-    """Validate names/shapes/dtypes/devices of the launcher inputs; returns the common dtype."""
-    if skip not in SKIPS:
-        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    x = tensors["x"]
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; all inputs must share one dtype")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device")
-        if _max_offset(t) > INT32_LIMIT:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} spans more than 2**31 elements; the Triton "
-                             f"kernels index with int32 (use backend='torch' or 'cuda')")
-    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16 for the Triton kernels, got {x.dtype}")
+def _check(x: torch.Tensor, weight: torch.Tensor, q: Optional[torch.Tensor], skip: int,
+           bias: Optional[torch.Tensor] = None, grad_y: Optional[torch.Tensor] = None,
+           z: Optional[torch.Tensor] = None) -> tuple:
+    """Shapes, dtype and device through the shared launcher check (any strides), then the Triton limits:
+    int32 indexing, CPU tensors only in the interpreter, no bf16 there. Returns (B, K, N)."""
+    m, k, n = skip_linear_sizes(x, weight, q, skip)
+    specs = (("x", x, (m, k)), ("weight", weight, (n, k)), ("q", q, (n, k)), ("bias", bias, (n,)),
+             ("grad_y", grad_y, (m, n)), ("z", z, (m, n)))
+    check_tensors("triton", specs, _DTYPES, contiguous=False)
     if INTERPRET and x.dtype == torch.bfloat16:
         raise TypeError("x is bfloat16, but bf16 tl.dot is wrong in the Triton interpreter; use a GPU or float32")
     if x.device.type == "cpu" and not INTERPRET:
         raise ValueError("x is a CPU tensor but TRITON_INTERPRET was not 1 when skipkern.kernels.skip_linear was "
                          "imported; CPU tensors only run through the Triton interpreter")
-    weight = tensors["weight"]
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x must be [B, K] and weight [N, K] with the same K, got x {tuple(x.shape)} and "
-                         f"weight {tuple(weight.shape)}")
-    n, k = weight.shape
-    if skip == "identity" and n != k:
-        raise ValueError(f"skip='identity' needs N == K, got weight of shape {tuple(weight.shape)}")
-    expect = {"bias": (n,), "q": (n, k), "grad_y": (x.shape[0], n), "z": (x.shape[0], n)}
-    for name, shape in expect.items():
-        if name in tensors and tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensors[name].shape)}")
-    if (skip == "dense") != ("q" in tensors):
-        raise ValueError(f"q must be given exactly when skip == 'dense' (skip={skip!r}, q given: {'q' in tensors})")
-    m = x.shape[0]
+    for name, t, _ in specs:
+        if t is not None and _max_offset(t) > INT32_LIMIT:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} spans more than 2**31 elements; the Triton "
+                             f"kernels index with int32 (use backend='torch' or 'cuda')")
     if max(m * n, m * k, n * k) > INT32_LIMIT:
         raise ValueError(f"B={m}, N={n}, K={k} gives an output beyond 2**31 elements; the Triton kernels index "
                          f"with int32 (use backend='torch' or 'cuda')")
-    return x.dtype
-
-
-def _opt(**kw) -> dict:
-    return {k: v for k, v in kw.items() if v is not None}
+    return m, k, n
 
 
 def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
-                    skip: str, activation: str, blocks: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    skip: int, activation: int, blocks: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused forward: z = x W^T + b, y = act(z) + S(x).
 
     Args:
-        x: [B, K]; weight: [N, K]; bias: [N] or None; q: [N, K] when skip == "dense", else None.
+        x: [B, K]; weight: [N, K]; bias: [N] or None; q: [N, K] for the dense skip, else None.
             Any strides; float32/float64 (float16/bfloat16 on GPU; float16 also in the interpreter).
-        skip: "none", "identity" (N == K) or "dense". activation: "relu", "identity", "tanh", "gelu".
+        skip, activation: integer codes of skipkern.reference.SKIP_CODES (none, identity with N == K, dense)
+            and ACTIVATION_CODES (relu, identity, tanh, gelu).
         blocks: (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K) forcing one config (each >= 16; for tests).
 
     Returns:
         (y [B, N], z [B, N]), contiguous, dtype of x. fp32 dots are IEEE unless SKIPKERN_TRITON_TF32=1.
     """
-    dtype = _check(_opt(x=x, weight=weight, bias=bias, q=q), skip, activation)
-    (m, k), n = x.shape, weight.shape[0]
+    m, k, n = _check(x, weight, q, skip, bias=bias)
+    dtype = x.dtype
     y = torch.empty((m, n), dtype=dtype, device=x.device)
     z = torch.empty((m, n), dtype=dtype, device=x.device)
     if m == 0 or n == 0:
         return y, z
-    qq = q if q is not None else weight  # unused pointer when SKIP != "dense" (pruned at compile time)
+    qq = q if q is not None else weight  # unused pointer unless the skip is dense (pruned at compile time)
     bb = bias if bias is not None else weight
     args = (x, weight, bb, qq, y, z, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             bb.stride(0), qq.stride(0), qq.stride(1), y.stride(0), y.stride(1), z.stride(0), z.stride(1))
@@ -391,14 +377,14 @@ def _dw_split(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) 
 
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
-                    q: Optional[torch.Tensor], skip: str, activation: str, has_bias: bool,
+                    q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool,
                     blocks: Optional[tuple] = None, split: Optional[int] = None
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Fused backward with gz = grad_y * act'(z): dx = gz W + S^T(grad_y), dW = gz^T x, db = colsum(gz).
 
     Args:
         grad_y: [B, N]; x: [B, K]; weight: [N, K]; z: [B, N] (the forward's pre-activation);
-            q: [N, K] when skip == "dense", else None. Any strides, one dtype (as in skip_linear_fwd).
+            q: [N, K] for the dense skip, else None. Any strides, one dtype (as in skip_linear_fwd).
         skip, activation: as in skip_linear_fwd. has_bias: whether to return db.
         blocks: (tile rows, tile cols, reduction block) forcing one config for both kernels (tests).
         split: number of batch slices for the dW/db reduction (default: 1 in the interpreter, else enough
@@ -407,8 +393,8 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     Returns:
         (dx [B, K], dW [N, K], db [N] or None), contiguous, dtype of x.
     """
-    dtype = _check(_opt(x=x, weight=weight, q=q, grad_y=grad_y, z=z), skip, activation)
-    (m, k), n = x.shape, weight.shape[0]
+    m, k, n = _check(x, weight, q, skip, grad_y=grad_y, z=z)
+    dtype = x.dtype
     dev = x.device
     dx = torch.empty((m, k), dtype=dtype, device=dev)
     qq = q if q is not None else weight

@@ -13,8 +13,28 @@ from typing import Optional
 
 import torch
 
+# The op vocabulary, spelled once: a name's position is the integer code that the op entry passes to
+# every kernel (C++ and CUDA enums in csrc/op_codes.h, Triton constexprs in kernels/skip_linear.py).
 ACTIVATIONS = ("relu", "identity", "tanh", "gelu")
 SKIPS = ("none", "identity", "dense")
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+SKIP_CODES = {name: code for code, name in enumerate(SKIPS)}
+
+
+def activation_code(activation: str) -> int:
+    """The integer code of an activation name; ValueError naming the choices for anything else."""
+    code = ACTIVATION_CODES.get(activation) if isinstance(activation, str) else None
+    if code is None:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return code
+
+
+def skip_code(skip: str) -> int:
+    """The integer code of a skip kind ("none", "identity", "dense")."""
+    code = SKIP_CODES.get(skip) if isinstance(skip, str) else None
+    if code is None:
+        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
+    return code
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

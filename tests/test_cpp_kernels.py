@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_composite, skip_linear_ref
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import TOLERANCES, ensure_backend
 
 BATCHES = (1, 3, 257)
@@ -41,14 +42,14 @@ def _compare(cpp, dtype, b, k, n, skip, act, bias=True):
     rtol, atol, _ = TOLERANCES[dtype]
     x, w, bb, q, gy = _inputs(b, k, n, skip, bias)
     y_ref, z_ref = skip_linear_ref(x, w, bb, q, skip, act)
-    y, z = cpp.skip_linear_fwd(*(_cast(t, dtype) for t in (x, w, bb, q)), skip, act)
+    y, z = cpp.skip_linear_fwd(*(_cast(t, dtype) for t in (x, w, bb, q)), SK[skip], AC[act])
     assert y.dtype == dtype and y.shape == (b, n) and z.shape == (b, n)
     what = f"{dtype} B={b} K={k} N={n} skip={skip} act={act} bias={bias}"
     torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=atol, msg=lambda m: f"y {what}: {m}")
     torch.testing.assert_close(z.double(), z_ref, rtol=rtol, atol=atol, msg=lambda m: f"z {what}: {m}")
     # Backward at the reference z, so float32 compares the backward alone (relu kinks stay put).
     ref = skip_linear_bwd_ref(gy, x, w, z_ref, q, skip, act, bias)
-    got = cpp.skip_linear_bwd(*(_cast(t, dtype) for t in (gy, x, w, z_ref, q)), skip, act, bias)
+    got = cpp.skip_linear_bwd(*(_cast(t, dtype) for t in (gy, x, w, z_ref, q)), SK[skip], AC[act], bias)
     for name, a, r in zip(("dx", "dw", "db"), got, ref):
         if r is None:
             assert a is None, f"{name} should be None without bias"
@@ -91,8 +92,8 @@ def test_thread_counts_agree(cpp):
     try:
         for nt in (1, 2):
             torch.set_num_threads(nt)
-            y, z = cpp.skip_linear_fwd(x, w, bb, q, "dense", "relu")
-            outs.append((y, z) + cpp.skip_linear_bwd(gy, x, w, z, q, "dense", "relu", True))
+            y, z = cpp.skip_linear_fwd(x, w, bb, q, SK["dense"], AC["relu"])
+            outs.append((y, z) + cpp.skip_linear_bwd(gy, x, w, z, q, SK["dense"], AC["relu"], True))
     finally:
         torch.set_num_threads(prev)
     for a, b in zip(*outs):
@@ -104,46 +105,46 @@ def test_nan_inf_propagate_like_reference(cpp):
     x[2, 3], x[5, 0], gy[4, 1] = float("nan"), float("inf"), float("nan")
     for act in ACTIVATIONS:
         y_ref, z_ref = skip_linear_ref(x, w, bb, None, "identity", act)
-        y, z = cpp.skip_linear_fwd(x, w, bb, None, "identity", act)
+        y, z = cpp.skip_linear_fwd(x, w, bb, None, SK["identity"], AC[act])
         torch.testing.assert_close(y, y_ref, equal_nan=True, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(z, z_ref, equal_nan=True, rtol=1e-10, atol=1e-10)
         ref = skip_linear_bwd_ref(gy, x, w, z_ref, None, "identity", act, True)
-        got = cpp.skip_linear_bwd(gy, x, w, z_ref, None, "identity", act, True)
+        got = cpp.skip_linear_bwd(gy, x, w, z_ref, None, SK["identity"], AC[act], True)
         for a, r in zip(got, ref):
             torch.testing.assert_close(a, r, equal_nan=True, rtol=1e-10, atol=1e-10)
 
 
 def test_empty_sizes(cpp):
     x, w = torch.randn(0, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
-    y, z = cpp.skip_linear_fwd(x, w, None, None, "none", "relu")
+    y, z = cpp.skip_linear_fwd(x, w, None, None, SK["none"], AC["relu"])
     assert y.shape == (0, 4)
-    dx, dw, db = cpp.skip_linear_bwd(torch.randn(0, 4, dtype=torch.float64), x, w, z, None, "none", "relu", True)
+    dx, dw, db = cpp.skip_linear_bwd(torch.randn(0, 4, dtype=torch.float64), x, w, z, None, SK["none"], AC["relu"], True)
     assert dx.shape == (0, 5) and torch.all(dw == 0) and torch.all(db == 0)
     # K = 0: z is the bias, db still flows.
     x0, w0, b0 = torch.randn(3, 0, dtype=torch.float64), torch.randn(4, 0, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    y, z = cpp.skip_linear_fwd(x0, w0, b0, None, "none", "identity")
+    y, z = cpp.skip_linear_fwd(x0, w0, b0, None, SK["none"], AC["identity"])
     torch.testing.assert_close(z, b0.expand(3, 4))
     gy = torch.randn(3, 4, dtype=torch.float64)
-    _, _, db = cpp.skip_linear_bwd(gy, x0, w0, z, None, "none", "identity", True)
+    _, _, db = cpp.skip_linear_bwd(gy, x0, w0, z, None, SK["none"], AC["identity"], True)
     torch.testing.assert_close(db, gy.sum(0))
 
 
 def test_bad_input_raises(cpp):
     x, w = torch.randn(4, 6), torch.randn(5, 6)
     with pytest.raises(TypeError, match="x must be float32 or float64"):
-        cpp.skip_linear_fwd(x.to(torch.int32), w.to(torch.int32), None, None, "none", "relu")
+        cpp.skip_linear_fwd(x.to(torch.int32), w.to(torch.int32), None, None, SK["none"], AC["relu"])
     with pytest.raises(TypeError, match="weight must have dtype"):
-        cpp.skip_linear_fwd(x, w.double(), None, None, "none", "relu")
+        cpp.skip_linear_fwd(x, w.double(), None, None, SK["none"], AC["relu"])
     with pytest.raises(ValueError, match="contiguous"):
-        cpp.skip_linear_fwd(torch.randn(6, 4).t(), w, None, None, "none", "relu")
+        cpp.skip_linear_fwd(torch.randn(6, 4).t(), w, None, None, SK["none"], AC["relu"])
     with pytest.raises(ValueError, match="bias must have shape"):
-        cpp.skip_linear_fwd(x, w, torch.randn(4), None, "none", "relu")
+        cpp.skip_linear_fwd(x, w, torch.randn(4), None, SK["none"], AC["relu"])
     with pytest.raises(ValueError, match="in_features == out_features"):
-        cpp.skip_linear_fwd(x, w, None, None, "identity", "relu")
+        cpp.skip_linear_fwd(x, w, None, None, SK["identity"], AC["relu"])
     with pytest.raises(ValueError, match="q must be given"):
-        cpp.skip_linear_fwd(x, w, None, None, "dense", "relu")
-    with pytest.raises(ValueError, match="activation must be one of"):
-        cpp.skip_linear_fwd(x, w, None, None, "none", "softplus")
+        cpp.skip_linear_fwd(x, w, None, None, SK["dense"], AC["relu"])
+    with pytest.raises(ValueError, match="activation code must be in"):  # C++ guards the enum range
+        cpp.skip_linear_fwd(x, w, None, None, SK["none"], 7)
     ok, reason = cpp.supports("skip_linear", "cpu", torch.float16, ((4, 6), (5, 6)))
     assert not ok and "float16" in reason
     assert cpp.kernel_info()["max_threads"] >= 1

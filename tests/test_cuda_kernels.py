@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import TOLERANCES, ensure_backend
 
 BATCHES = (1, 3, 257)
@@ -41,13 +42,13 @@ def _compare(cuda, dtype, b, k, n, skip, act, bias=True):
     x, w, bb, q, gy = _inputs(b, k, n, skip, dtype, bias)
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     y_ref, z_ref = skip_linear_ref(x, w, bb, q, skip, act)
-    y, z = cuda.skip_linear_fwd(cast(x), cast(w), cast(bb), cast(q), skip, act)
+    y, z = cuda.skip_linear_fwd(cast(x), cast(w), cast(bb), cast(q), SK[skip], AC[act])
     what = f"{dtype} B={b} K={k} N={n} skip={skip} act={act}"
     torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=atol, msg=lambda m: f"y {what}: {m}")
     torch.testing.assert_close(z.double(), z_ref, rtol=rtol, atol=atol, msg=lambda m: f"z {what}: {m}")
     z_in = z_ref.to(dtype)  # the backward at the reference pre-activation (rounded as the kernel stores it)
     ref = skip_linear_bwd_ref(gy, x, w, z_in.double(), q, skip, act, bias)
-    got = cuda.skip_linear_bwd(cast(gy), cast(x), cast(w), z_in, cast(q), skip, act, bias)
+    got = cuda.skip_linear_bwd(cast(gy), cast(x), cast(w), z_in, cast(q), SK[skip], AC[act], bias)
     for name, a, r in zip(("dx", "dw", "db"), got, ref):
         if r is None:
             assert a is None
@@ -94,10 +95,10 @@ def test_cuda_graph_capture(cuda):
     x, w, bb, q = (t.float() for t in (x, w, bb, q))
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        cuda.skip_linear_fwd(x, w, bb, q, "dense", "relu")  # warm-up outside capture
+        cuda.skip_linear_fwd(x, w, bb, q, SK["dense"], AC["relu"])  # warm-up outside capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
-            y, _ = cuda.skip_linear_fwd(x, w, bb, q, "dense", "relu")
+            y, _ = cuda.skip_linear_fwd(x, w, bb, q, SK["dense"], AC["relu"])
     x.mul_(2.0)
     graph.replay()
     torch.cuda.synchronize()

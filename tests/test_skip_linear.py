@@ -9,6 +9,7 @@ import torch
 import skipkern
 from skipkern.ops import skip_linear
 from skipkern.reference import ACTIVATIONS, skip_linear_composite
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import assert_close, backend_params, ensure_backend
 
 # (B, K, N, skip): batch 1/3/257, widths 1/7/128/130, in != out through a dense Q.
@@ -109,9 +110,9 @@ def test_gradcheck_gradgradcheck(backend, skip, activation):
 def test_opcheck(backend):
     ensure_backend(backend)
     x, w, b, q = torch.randn(4, 5), torch.randn(6, 5), torch.randn(6), torch.randn(6, 5)
-    torch.library.opcheck(torch.ops.skipkern.skip_linear_fwd, (x, w, b, q, "dense", "relu", backend))
+    torch.library.opcheck(torch.ops.skipkern.skip_linear_fwd, (x, w, b, q, SK["dense"], AC["relu"], backend))
     g, z = torch.randn(4, 6), torch.randn(4, 6)
-    torch.library.opcheck(torch.ops.skipkern.skip_linear_bwd, (g, x, w, z, q, "dense", "gelu", True, backend))
+    torch.library.opcheck(torch.ops.skipkern.skip_linear_bwd, (g, x, w, z, q, SK["dense"], AC["gelu"], True, backend))
 
 
 def test_torch_compile_fullgraph():
@@ -187,6 +188,20 @@ def test_available_lists_every_backend_with_reason():
         assert b.available or b.reason
 
 
+def test_kernel_enums_match_the_python_table():
+    """csrc/op_codes.h (C++ and CUDA) spells each code as k<Name> = position in skipkern.reference's table."""
+    import re
+    from pathlib import Path
+
+    from skipkern.reference import ACTIVATIONS, SKIPS
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "op_codes.h").read_text()
+    for enum, names in (("Act", ACTIVATIONS), ("Skip", SKIPS)):
+        body = re.search(r"enum class " + enum + r" : int \{([^}]*)\}", header).group(1)
+        got = {m[0]: int(m[1]) for m in re.findall(r"k(\w+) = (\d+)", body)}
+        assert got == {n.capitalize(): i for i, n in enumerate(names)}, (enum, got)
+        assert f"kNum{enum} = {len(names)}" in header
+
+
 # ------------------------------------------------------------- OpenMP: a team smaller than the maximum
 # OpenMP may give a parallel region fewer threads than omp_get_max_threads() (OMP_THREAD_LIMIT,
 # OMP_DYNAMIC on a loaded machine, nesting). The environment must be set before the process starts, so
@@ -195,7 +210,7 @@ _OMP_SCRIPT = r"""
 import json, os, torch
 from skipkern.backends import cpp
 torch.set_num_threads(int(os.environ["THREADS"]))  # omp_get_max_threads(); the team may get fewer
-from skipkern.reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK, skip_linear_bwd_ref, skip_linear_ref
 rows = []
 for b, k, n, skip in [(500, 128, 128, "identity"), (513, 128, 128, "identity"), (500, 130, 77, "dense"),
                       (513, 33, 130, "none")]:
@@ -207,8 +222,8 @@ for b, k, n, skip in [(500, 128, 128, "identity"), (513, 128, 128, "identity"), 
     ref = (y_ref,) + skip_linear_bwd_ref(gy, x, w, z, q, skip, "relu", True)
     for dtype in (torch.float64, torch.float32):
         c = lambda t: None if t is None else t.to(dtype)
-        y, _ = cpp.skip_linear_fwd(c(x), c(w), c(bias), c(q), skip, "relu")
-        got = (y,) + cpp.skip_linear_bwd(c(gy), c(x), c(w), c(z), c(q), skip, "relu", True)
+        y, _ = cpp.skip_linear_fwd(c(x), c(w), c(bias), c(q), SK[skip], AC["relu"])
+        got = (y,) + cpp.skip_linear_bwd(c(gy), c(x), c(w), c(z), c(q), SK[skip], AC["relu"], True)
         err = {name: float(((a.double() - e).abs() / (1 + e.abs())).max()) for name, a, e in
                zip(("y", "dx", "dw", "db"), got, ref)}
         rows.append(dict(case=f"B={b} K={k} N={n} {skip} {dtype}", dtype=str(dtype), err=err))

@@ -16,6 +16,7 @@ import torch
 
 import skipkern
 from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_composite, skip_linear_ref
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import assert_close, ensure_backend
 
 
@@ -48,14 +49,14 @@ def _f64(t):
 
 def _check_layer(ks, x, w, b, q, g, skip, act, dtype, **launch):
     """Forward and backward of the kernels against the float64 reference on the same (rounded) inputs."""
-    y, z = ks.skip_linear_fwd(x, w, b, q, skip, act, **{k: v for k, v in launch.items() if k == "blocks"})
+    y, z = ks.skip_linear_fwd(x, w, b, q, SK[skip], AC[act], **{k: v for k, v in launch.items() if k == "blocks"})
     y_ref, z_ref = skip_linear_ref(_f64(x), _f64(w), _f64(b), _f64(q), skip, act)
     assert y.dtype == dtype and z.dtype == dtype and y.shape == y_ref.shape and y.is_contiguous()
     assert_close(z, z_ref, dtype, "z")
     assert_close(y, y_ref, dtype, "y")
     # backward from the reference's z rounded to dtype, so relu's mask is the same on both sides
     z_in = z_ref.to(dtype)
-    dx, dw, db = ks.skip_linear_bwd(g, x, w, z_in, q, skip, act, b is not None, **launch)
+    dx, dw, db = ks.skip_linear_bwd(g, x, w, z_in, q, SK[skip], AC[act], b is not None, **launch)
     dx_ref, dw_ref, db_ref = skip_linear_bwd_ref(_f64(g), _f64(x), _f64(w), _f64(z_in), _f64(q), skip, act,
                                                  b is not None)
     assert_close(dx, dx_ref, dtype, "dx")
@@ -106,7 +107,7 @@ def test_non_contiguous_strides(ks, device, skip):
     assert not any(t.is_contiguous() for t in (x, w, bias, g))
     _check_layer(ks, x, w, bias, q, g, skip, "gelu", torch.float64, blocks=(32, 16, 16), split=2)
     z = torch.randn(n, b, dtype=torch.float64, device=device).t()  # a strided z for the backward
-    out = ks.skip_linear_bwd(g, x, w, z, q, skip, "tanh", True)
+    out = ks.skip_linear_bwd(g, x, w, z, q, SK[skip], AC["tanh"], True)
     ref = skip_linear_bwd_ref(g, x, w, z, q, skip, "tanh", True)
     for a, e, what in zip(out, ref, ("dx", "dW", "db")):
         assert_close(a, e, torch.float64, what)
@@ -122,9 +123,9 @@ def test_half_precision(ks, device):
 
 def test_empty_batch_and_zero_width(ks, device):
     x, w, bb, _, g = _inputs(0, 7, 5, "none", torch.float64, device)
-    y, z = ks.skip_linear_fwd(x, w, bb, None, "none", "relu")
+    y, z = ks.skip_linear_fwd(x, w, bb, None, SK["none"], AC["relu"])
     assert y.shape == (0, 5) and z.shape == (0, 5)
-    dx, dw, db = ks.skip_linear_bwd(g, x, w, z, None, "none", "relu", True)
+    dx, dw, db = ks.skip_linear_bwd(g, x, w, z, None, SK["none"], AC["relu"], True)
     assert dx.shape == (0, 7) and torch.equal(dw, torch.zeros_like(dw)) and torch.equal(db, torch.zeros_like(db))
     # K == 0: z is the bias, and db still needs the (fully masked) dW grid
     x, w, bb, _, g = _inputs(5, 0, 3, "none", torch.float64, device)
@@ -136,10 +137,10 @@ def test_nan_inf_propagate_like_the_reference(ks, device):
     x, w, bb, q, g = _inputs(9, 17, 17, "dense", torch.float64, device)
     x[0, 3], x[4, 1], g[2, 5] = float("nan"), float("inf"), float("nan")
     for skip, qq in (("identity", None), ("dense", q)):
-        y, z = ks.skip_linear_fwd(x, w, bb, qq, skip, "relu")
+        y, z = ks.skip_linear_fwd(x, w, bb, qq, SK[skip], AC["relu"])
         y_ref, z_ref = skip_linear_ref(x, w, bb, qq, skip, "relu")
         torch.testing.assert_close(y, y_ref, equal_nan=True)
-        out = ks.skip_linear_bwd(g, x, w, z_ref, qq, skip, "relu", True)
+        out = ks.skip_linear_bwd(g, x, w, z_ref, qq, SK[skip], AC["relu"], True)
         ref = skip_linear_bwd_ref(g, x, w, z_ref, qq, skip, "relu", True)
         for a, e in zip(out, ref):
             torch.testing.assert_close(a, e, equal_nan=True)
@@ -148,20 +149,18 @@ def test_nan_inf_propagate_like_the_reference(ks, device):
 def test_bad_input_raises(ks, device):
     x, w, bb, q, g = _inputs(4, 6, 5, "dense", torch.float64, device)
     cases = [
-        (TypeError, "dtype", lambda: ks.skip_linear_fwd(x, w.float(), bb, q, "dense", "relu")),
-        (TypeError, "float32, float64", lambda: ks.skip_linear_fwd(x.long(), w.long(), None, None, "none", "relu")),
-        (ValueError, "same K", lambda: ks.skip_linear_fwd(x[:, :5], w, bb, q, "dense", "relu")),
-        (ValueError, "N == K", lambda: ks.skip_linear_fwd(x, w, bb, None, "identity", "relu")),
-        (ValueError, "q must be given", lambda: ks.skip_linear_fwd(x, w, bb, None, "dense", "relu")),
-        (ValueError, "bias must have shape", lambda: ks.skip_linear_fwd(x, w, bb[:3], q, "dense", "relu")),
-        (ValueError, "activation", lambda: ks.skip_linear_fwd(x, w, bb, q, "dense", "swish")),
-        (ValueError, "skip must be", lambda: ks.skip_linear_fwd(x, w, bb, q, "orthogonal", "relu")),
-        (ValueError, "z must have shape", lambda: ks.skip_linear_bwd(g, x, w, g[:, :4], q, "dense", "relu", True)),
-        (ValueError, "split", lambda: ks.skip_linear_bwd(g, x, w, g, q, "dense", "relu", True, split=0)),
+        (TypeError, "dtype", lambda: ks.skip_linear_fwd(x, w.float(), bb, q, SK["dense"], AC["relu"])),
+        (TypeError, "float32, float64", lambda: ks.skip_linear_fwd(x.long(), w.long(), None, None, SK["none"], AC["relu"])),
+        (ValueError, "same K", lambda: ks.skip_linear_fwd(x[:, :5], w, bb, q, SK["dense"], AC["relu"])),
+        (ValueError, "in_features == out_features", lambda: ks.skip_linear_fwd(x, w, bb, None, SK["identity"], AC["relu"])),
+        (ValueError, "q must be given", lambda: ks.skip_linear_fwd(x, w, bb, None, SK["dense"], AC["relu"])),
+        (ValueError, "bias must have shape", lambda: ks.skip_linear_fwd(x, w, bb[:3], q, SK["dense"], AC["relu"])),
+        (ValueError, "z must have shape", lambda: ks.skip_linear_bwd(g, x, w, g[:, :4], q, SK["dense"], AC["relu"], True)),
+        (ValueError, "split", lambda: ks.skip_linear_bwd(g, x, w, g, q, SK["dense"], AC["relu"], True, split=0)),
     ]
     if ks.INTERPRET:
         xb, wb = x.bfloat16(), w.bfloat16()
-        cases.append((TypeError, "bfloat16", lambda: ks.skip_linear_fwd(xb, wb, None, None, "none", "relu")))
+        cases.append((TypeError, "bfloat16", lambda: ks.skip_linear_fwd(xb, wb, None, None, SK["none"], AC["relu"])))
     for exc, text, call in cases:
         with pytest.raises(exc, match=text):
             call()
@@ -239,14 +238,15 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from skipkern.kernels import skip_linear as ks
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 assert not ks.INTERPRET
 variants = [("fp32", "gelu", "dense", True, (64, 64, 32)), ("fp16", "relu", "identity", False, (16, 32, 32)),
             ("fp64", "tanh", "dense", True, (32, 32, 16))]
 for (dt, act, skip, bias, tile), kind in itertools.product(variants, ("fwd", "dx", "dw")):
     kern = ks._KERNELS[kind]
-    c = dict(ACTIVATION=act, DOT_PRECISION="ieee", **dict(zip(ks._DIMS[kind], tile)))
+    c = dict(ACTIVATION=AC[act], DOT_PRECISION="ieee", **dict(zip(ks._DIMS[kind], tile)))
     c.update({"HAS_BIAS": bias} if kind != "dx" else {})
-    c.update({"SKIP": skip} if kind != "dw" else {})
+    c.update({"SKIP": SK[skip]} if kind != "dw" else {})
     sig = {a: "constexpr" if a in c else ("*" + dt if a.endswith("_ptr") else "i32") for a in kern.arg_names}
     out = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=4, num_stages=2))

@@ -7,17 +7,19 @@
 #include <cstdint>
 #include <string>
 
+#include "../op_codes.h"
+
 namespace py = pybind11;
 
 namespace skipkern {
 namespace cuda {
-// Defined in skip_linear_cuda.cu. dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16;
-// skip codes: 0 none, 1 identity, 2 dense; activation codes: 0 relu, 1 identity, 2 tanh, 3 gelu.
+// Defined in skip_linear_cuda.cu. dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16; skip and
+// activation: the enums of op_codes.h (Python passes their integer codes).
 void fwd_dispatch(int dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
-                  std::uintptr_t y, std::uintptr_t z, int M, int K, int N, int skip, int act, std::uintptr_t stream);
+                  std::uintptr_t y, std::uintptr_t z, int M, int K, int N, Skip skip, Act act, std::uintptr_t stream);
 void bwd_dispatch(int dtype, std::uintptr_t gy, std::uintptr_t x, std::uintptr_t w, std::uintptr_t z,
                   std::uintptr_t q, std::uintptr_t dx, std::uintptr_t dw, std::uintptr_t db, std::uintptr_t ws,
-                  int M, int K, int N, int skip, int act, std::uintptr_t stream);
+                  int M, int K, int N, Skip skip, Act act, std::uintptr_t stream);
 size_t bwd_workspace_dispatch(int dtype, int M, int K, int N);
 int current_sm_count();
 int runtime_version();
@@ -39,8 +41,6 @@ int code(const std::string& s, std::initializer_list<const char*> names, const c
 }
 
 int dtype_code(const std::string& s) { return code(s, {"float32", "float64", "float16", "bfloat16"}, "dtype"); }
-int skip_code(const std::string& s) { return code(s, {"none", "identity", "dense"}, "skip"); }
-int act_code(const std::string& s) { return code(s, {"relu", "identity", "tanh", "gelu"}, "activation"); }
 
 int as_int(long v, const char* name) {
   if (v < 0 || v > 0x7fffffffL) throw py::value_error(std::string(name) + " must be in [0, 2^31), got " + std::to_string(v));
@@ -50,31 +50,37 @@ int as_int(long v, const char* name) {
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
+  using namespace skipkern;
   using namespace skipkern::cuda;
   m.doc() = "skipkern CUDA kernels (raw device pointers + stream)";
   m.def(
       "skip_linear_fwd_cuda",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
-         std::uintptr_t y, std::uintptr_t z, long M, long K, long N, const std::string& skip,
-         const std::string& activation, std::uintptr_t stream) {
-        const int dt = dtype_code(dtype), sk = skip_code(skip), ac = act_code(activation);
+         std::uintptr_t y, std::uintptr_t z, long M, long K, long N, int skip, int activation,
+         std::uintptr_t stream) {
+        const int dt = dtype_code(dtype);
+        const Skip sk = skip_from_code(skip);
+        const Act ac = act_from_code(activation);
         const int m_ = as_int(M, "M"), k_ = as_int(K, "K"), n_ = as_int(N, "N");
-        if (sk == 1 && k_ != n_) throw py::value_error("skip='identity' needs K == N");
+        if (sk == Skip::kIdentity && k_ != n_) throw py::value_error("skip 'identity' needs K == N");
         py::gil_scoped_release nogil;
         fwd_dispatch(dt, x, w, b, q, y, z, m_, k_, n_, sk, ac, stream);
       },
       "Fused forward: y = act(x W^T + b) + S(x), z = x W^T + b. x [M,K], W/Q [N,K], b [N] (0 = none), "
-      "y/z [M,N], contiguous device memory of one dtype; stream is a cudaStream_t as int.",
+      "y/z [M,N], contiguous device memory of one dtype; skip, activation: integer codes "
+      "(skipkern.reference.SKIP_CODES, ACTIVATION_CODES); stream is a cudaStream_t as int.",
       py::arg("dtype"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("q"), py::arg("y"), py::arg("z"),
       py::arg("M"), py::arg("K"), py::arg("N"), py::arg("skip"), py::arg("activation"), py::arg("stream"));
   m.def(
       "skip_linear_bwd_cuda",
       [](const std::string& dtype, std::uintptr_t gy, std::uintptr_t x, std::uintptr_t w, std::uintptr_t z,
          std::uintptr_t q, std::uintptr_t dx, std::uintptr_t dw, std::uintptr_t db, std::uintptr_t workspace,
-         long M, long K, long N, const std::string& skip, const std::string& activation, std::uintptr_t stream) {
-        const int dt = dtype_code(dtype), sk = skip_code(skip), ac = act_code(activation);
+         long M, long K, long N, int skip, int activation, std::uintptr_t stream) {
+        const int dt = dtype_code(dtype);
+        const Skip sk = skip_from_code(skip);
+        const Act ac = act_from_code(activation);
         const int m_ = as_int(M, "M"), k_ = as_int(K, "K"), n_ = as_int(N, "N");
-        if (sk == 1 && k_ != n_) throw py::value_error("skip='identity' needs K == N");
+        if (sk == Skip::kIdentity && k_ != n_) throw py::value_error("skip 'identity' needs K == N");
         py::gil_scoped_release nogil;
         bwd_dispatch(dt, gy, x, w, z, q, dx, dw, db, workspace, m_, k_, n_, sk, ac, stream);
       },

@@ -36,7 +36,7 @@ size_t skip_linear_bwd_cuda_workspace(int M, int K, int N, int sm_count) {
 
 template <typename T>
 cudaError_t skip_linear_fwd_cuda(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, int M, int K,
-                                 int N, int skip, int act, cudaStream_t stream) {
+                                 int N, Skip skip, Act act, cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   if (M == 0 || N == 0) return cudaSuccess;
   if (cdiv(N, BN) > 65535) return cudaErrorInvalidValue;
@@ -44,7 +44,7 @@ cudaError_t skip_linear_fwd_cuda(const T* x, const T* w, const T* bias, const T*
   const RowMajorA<T, A> la{x, K, M, K};
   const TransposedB<T, A> lb{w, K, K, N}, lb2{q, K, K, N};
   const FwdEpilogue<T, A> epi{x, bias, y, z, M, N, K, act, skip};
-  if (skip == kSkipDense)
+  if (skip == Skip::kDense)
     gemm_tile_kernel<A, true><<<grid, kThreads, 0, stream>>>(K, K, la, lb, lb2, epi, static_cast<A*>(nullptr), 0);
   else
     gemm_tile_kernel<A, false><<<grid, kThreads, 0, stream>>>(K, K, la, lb, lb, epi, static_cast<A*>(nullptr), 0);
@@ -53,12 +53,12 @@ cudaError_t skip_linear_fwd_cuda(const T* x, const T* w, const T* bias, const T*
 
 template <typename T>
 cudaError_t skip_linear_bwd_cuda(const T* gy, const T* x, const T* w, const T* z, const T* q, T* dx, T* dw, T* db,
-                                 void* workspace, int M, int K, int N, int skip, int act, int sm_count,
+                                 void* workspace, int M, int K, int N, Skip skip, Act act, int sm_count,
                                  cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   if (N == 0) return cudaSuccess;
   if (cdiv(K, BN) > 65535 || cdiv(N, BN) > 65535) return cudaErrorInvalidValue;
-  const bool dense = skip == kSkipDense;
+  const bool dense = skip == Skip::kDense;
   // dx = gz W (+ g Q as a second stretch of the same reduction) (+ g in the epilogue).
   if (M > 0 && K > 0) {
     const int P = dense ? 2 * N : N;
@@ -91,9 +91,9 @@ cudaError_t skip_linear_bwd_cuda(const T* gy, const T* x, const T* w, const T* z
 #define SKIPKERN_INSTANTIATE(T)                                                                               \
   template size_t skip_linear_bwd_cuda_workspace<T>(int, int, int, int);                                       \
   template cudaError_t skip_linear_fwd_cuda<T>(const T*, const T*, const T*, const T*, T*, T*, int, int, int, \
-                                               int, int, cudaStream_t);                                        \
+                                               Skip, Act, cudaStream_t);                                       \
   template cudaError_t skip_linear_bwd_cuda<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*,  \
-                                               void*, int, int, int, int, int, int, cudaStream_t);
+                                               void*, int, int, int, Skip, Act, int, cudaStream_t);
 SKIPKERN_INSTANTIATE(float)
 SKIPKERN_INSTANTIATE(double)
 SKIPKERN_INSTANTIATE(__half)
@@ -101,7 +101,8 @@ SKIPKERN_INSTANTIATE(__nv_bfloat16)
 #undef SKIPKERN_INSTANTIATE
 
 // ------------------------------------------------------------------ dispatch for the pybind11 module
-// dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16 (bindings_cuda.cpp parses the names).
+// dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16 (bindings_cuda.cpp parses the names); skip and
+// activation arrive as the enums of op_codes.h.
 int current_sm_count() {
   int dev = 0, sms = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -124,7 +125,7 @@ template <typename T>
 static T* P(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 void fwd_dispatch(int dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
-                  std::uintptr_t y, std::uintptr_t z, int M, int K, int N, int skip, int act, std::uintptr_t stream) {
+                  std::uintptr_t y, std::uintptr_t z, int M, int K, int N, Skip skip, Act act, std::uintptr_t stream) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   cudaError_t err = cudaErrorInvalidValue;
 #define SKIPKERN_FWD(T) \
@@ -142,7 +143,7 @@ void fwd_dispatch(int dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t 
 
 void bwd_dispatch(int dtype, std::uintptr_t gy, std::uintptr_t x, std::uintptr_t w, std::uintptr_t z,
                   std::uintptr_t q, std::uintptr_t dx, std::uintptr_t dw, std::uintptr_t db, std::uintptr_t ws,
-                  int M, int K, int N, int skip, int act, std::uintptr_t stream) {
+                  int M, int K, int N, Skip skip, Act act, std::uintptr_t stream) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   const int sms = current_sm_count();
   cudaError_t err = cudaErrorInvalidValue;

@@ -22,11 +22,10 @@
 
 #include <cstdint>
 
+#include "../op_codes.h"
+
 namespace skipkern {
 namespace cuda {
-
-enum ActKind : int { kRelu = 0, kIdentity = 1, kTanh = 2, kGelu = 3 };
-enum SkipKind : int { kSkipNone = 0, kSkipIdentity = 1, kSkipDense = 2 };
 
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile and reduction step
 constexpr int TM = 4, TN = 4;             // per-thread micro-tile (strided by 16 rows/cols)
@@ -50,14 +49,14 @@ __device__ __forceinline__ void store_acc(__nv_bfloat16* p, float v) { *p = __fl
 // relu and identity are inlined; the transcendental forms are out-of-line calls, which keeps the
 // twenty-odd kernel instantiations small and quick to compile.
 template <typename A>
-__device__ __noinline__ A act_smooth(A z, int act) {
-  if (act == kTanh) return tanh(z);
+__device__ __noinline__ A act_smooth(A z, Act act) {
+  if (act == Act::kTanh) return tanh(z);
   return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
 }
 
 template <typename A>
-__device__ __noinline__ A act_grad_smooth(A z, int act) {
-  if (act == kTanh) {
+__device__ __noinline__ A act_grad_smooth(A z, Act act) {
+  if (act == Act::kTanh) {
     const A t = tanh(z);
     return A(1) - t * t;
   }
@@ -65,16 +64,16 @@ __device__ __noinline__ A act_grad_smooth(A z, int act) {
 }
 
 template <typename A>
-__device__ __forceinline__ A act_fn(A z, int act) {
-  if (act == kRelu) return z < A(0) ? A(0) : z;
-  if (act == kIdentity) return z;
+__device__ __forceinline__ A act_fn(A z, Act act) {
+  if (act == Act::kRelu) return z < A(0) ? A(0) : z;
+  if (act == Act::kIdentity) return z;
   return act_smooth(z, act);
 }
 
 template <typename A>
-__device__ __forceinline__ A act_grad_fn(A z, int act) {
-  if (act == kRelu) return z > A(0) ? A(1) : A(0);
-  if (act == kIdentity) return A(1);
+__device__ __forceinline__ A act_grad_fn(A z, Act act) {
+  if (act == Act::kRelu) return z > A(0) ? A(1) : A(0);
+  if (act == Act::kIdentity) return A(1);
   return act_grad_smooth(z, act);
 }
 
@@ -96,7 +95,7 @@ struct TransposedB {  // B(p, j) = m[j * ld + p]   (W^T, Q^T in the forward)
 
 template <typename T, typename A>
 struct GradA {  // dx: A(i, p) = gz[i, p] for p < N, then g[i, p - N] (dense skip segment)
-  const T* gy; const T* z; int M, N, act; bool dense;
+  const T* gy; const T* z; int M, N; Act act; bool dense;
   static constexpr bool kContigP = true;
   __device__ A operator()(int i, int p) const {
     if (i >= M) return A(0);
@@ -121,7 +120,7 @@ struct WeightsB {  // dx: B(p, j) = W[p, j] for p < N, then Q[p - N, j]
 
 template <typename T, typename A>
 struct GradTA {  // dW: A(i, p) = gz[p, i] (i over N, p over the batch)
-  const T* gy; const T* z; int M, N, act;
+  const T* gy; const T* z; int M, N; Act act;
   static constexpr bool kContigP = false;
   __device__ A operator()(int i, int p) const {
     if (i >= N || p >= M) return A(0);
@@ -140,13 +139,13 @@ struct RowMajorB {  // dW: B(p, j) = x[p, j]
 // ----------------------------------------------------------------------------------- epilogues
 template <typename T, typename A>
 struct FwdEpilogue {
-  const T* x; const T* bias; T* y; T* z; int M, N, K, act, skip;
+  const T* x; const T* bias; T* y; T* z; int M, N, K; Act act; Skip skip;
   __device__ void operator()(int i, int j, A c, A s, int /*split*/) const {
     if (i >= M || j >= N) return;
     A zz = c + (bias ? to_acc(bias[j]) : A(0));
     A yy = act_fn<A>(zz, act);
-    if (skip == kSkipIdentity) yy += to_acc(x[(long long)i * K + j]);
-    else if (skip == kSkipDense) yy += s;
+    if (skip == Skip::kIdentity) yy += to_acc(x[(long long)i * K + j]);
+    else if (skip == Skip::kDense) yy += s;
     store_acc(z + (long long)i * N + j, zz);
     store_acc(y + (long long)i * N + j, yy);
   }
@@ -154,10 +153,10 @@ struct FwdEpilogue {
 
 template <typename T, typename A>
 struct DxEpilogue {
-  const T* gy; T* dx; int M, N, K, skip;
+  const T* gy; T* dx; int M, N, K; Skip skip;
   __device__ void operator()(int i, int j, A c, A, int) const {
     if (i >= M || j >= K) return;
-    if (skip == kSkipIdentity) c += to_acc(gy[(long long)i * N + j]);
+    if (skip == Skip::kIdentity) c += to_acc(gy[(long long)i * N + j]);
     store_acc(dx + (long long)i * K + j, c);
   }
 };
@@ -262,11 +261,11 @@ size_t skip_linear_bwd_cuda_workspace(int M, int K, int N, int sm_count);
 
 template <typename T>
 cudaError_t skip_linear_fwd_cuda(const T* x, const T* w, const T* bias, const T* q, T* y, T* z, int M, int K,
-                                 int N, int skip, int act, cudaStream_t stream);
+                                 int N, Skip skip, Act act, cudaStream_t stream);
 
 template <typename T>
 cudaError_t skip_linear_bwd_cuda(const T* gy, const T* x, const T* w, const T* z, const T* q, T* dx, T* dw, T* db,
-                                 void* workspace, int M, int K, int N, int skip, int act, int sm_count,
+                                 void* workspace, int M, int K, int N, Skip skip, Act act, int sm_count,
                                  cudaStream_t stream);
 
 }  // namespace cuda

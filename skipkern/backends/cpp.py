@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from skipkern.reference import ACTIVATIONS, SKIPS
+from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
 
 try:
     from skipkern import _C
@@ -54,59 +54,26 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
-def _check(dtype: torch.dtype, *specs: tuple) -> None:
-    """Each (name, tensor or None, shape) must be a contiguous CPU tensor of ``dtype`` and ``shape``.
-
-    One cheap test per tensor on the hot path; the detailed message is built only on failure.
-    """
-    for name, t, shape in specs:
-        if t is None:
-            continue
-        if isinstance(t, Tensor) and t.dtype == dtype and t.shape == shape and t.is_cpu and t.is_contiguous():
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-        if t.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-        if not t.is_cpu:
-            raise ValueError(f"{name} must be a cpu tensor for the cpp backend, got device {t.device}")
-        raise ValueError(f"{name} must be contiguous (row-major) for the cpp backend; pass {name}.contiguous()")
-
-
-def _check_common(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: str, activation: str) -> tuple:
+def _sizes(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: int) -> tuple[int, int, int]:
     if _C is None:
         raise RuntimeError(f"cpp backend unavailable: {available()[1]}")
-    if skip not in SKIPS:
-        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x must be float32 or float64 for the cpp backend, got {x.dtype}")
-    if x.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"x [B, K] and weight [N, K] must be 2-D, got {list(x.shape)} and {list(weight.shape)}")
-    (b, k), n = x.shape, weight.shape[0]
-    if skip == "identity" and n != k:
-        raise ValueError(f"skip='identity' needs in_features == out_features, got weight {list(weight.shape)}")
-    if (skip == "dense") != (q is not None):
-        raise ValueError(f"q must be given exactly when skip == 'dense' (skip={skip!r}, q is "
-                         f"{'None' if q is None else 'a tensor'})")
-    return b, k, n
+    return skip_linear_sizes(x, weight, q, skip)
 
 
 def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: str,
-                    activation: str) -> tuple[Tensor, Tensor]:
-    """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (skip "dense") or None.
+def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: int,
+                    activation: int) -> tuple[Tensor, Tensor]:
+    """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (dense skip) or None; contiguous
+    CPU float32/float64. skip, activation: codes of skipkern.reference.SKIP_CODES / ACTIVATION_CODES.
 
     Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
     """
-    b, k, n = _check_common(x, weight, q, skip, activation)
-    _check(x.dtype, ("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k)))
+    b, k, n = _sizes(x, weight, q, skip)
+    check_tensors("cpp", (("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k))),
+                  _DTYPES)
     y = torch.empty(b, n, dtype=x.dtype)
     z = torch.empty(b, n, dtype=x.dtype)
     if b == 0 or n == 0:
@@ -116,15 +83,15 @@ def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Option
     return y, z
 
 
-def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: str,
-                    activation: str, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K].
+def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: int,
+                    activation: int, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K]; codes as in skip_linear_fwd.
 
     Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
     """
-    b, k, n = _check_common(x, weight, q, skip, activation)
-    _check(x.dtype, ("grad_y", grad_y, (b, n)), ("x", x, (b, k)), ("weight", weight, (n, k)), ("z", z, (b, n)),
-           ("q", q, (n, k)))
+    b, k, n = _sizes(x, weight, q, skip)
+    check_tensors("cpp", (("x", x, (b, k)), ("grad_y", grad_y, (b, n)), ("weight", weight, (n, k)),
+                          ("z", z, (b, n)), ("q", q, (n, k))), _DTYPES)
     dx = torch.empty(b, k, dtype=x.dtype)
     dw = torch.empty(n, k, dtype=x.dtype)
     db = torch.empty(n, dtype=x.dtype) if has_bias else None
@@ -148,10 +115,9 @@ def rop_epilogue_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Opt
     """
     from skipkern.hessian.rop_reference import check_fwd
     n, k, N = check_fwd(out, d1, d2, skip_in, hsum, c, t2_out)
-    if out.dtype not in _DTYPES:
-        raise TypeError(f"out must be float32 or float64 for the cpp backend, got {out.dtype}")
-    _check(out.dtype, ("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)),
-           ("skip_in", skip_in, (n, k, N)), ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N)))
+    check_tensors("cpp", (("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)),
+                          ("skip_in", skip_in, (n, k, N)), ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N))),
+                  _DTYPES)
     t2 = None if d2 is None else (t2_out if t2_out is not None else torch.empty_like(out))
     if out.numel():
         _C.rop_epilogue_fwd_cpu(_DTYPES[out.dtype], out.data_ptr(), d1.data_ptr(), _ptr(d2), _ptr(skip_in),
@@ -165,10 +131,8 @@ def rop_epilogue_bwd(rgh: Optional[Tensor], d1: Optional[Tensor], gh: Optional[T
     from skipkern.hessian.rop_reference import check_bwd
     n, k, N = check_bwd(rgh, d1, gh, t2, out)
     ref = rgh if rgh is not None else t2
-    if ref.dtype not in _DTYPES:
-        raise TypeError(f"rgh/t2 must be float32 or float64 for the cpp backend, got {ref.dtype}")
-    _check(ref.dtype, ("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1 if rgh is not None else None, (n, N)),
-           ("gh", gh if t2 is not None else None, (n, N)), ("out", out, (n, k, N)))
+    check_tensors("cpp", (("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1 if rgh is not None else None, (n, N)),
+                          ("gh", gh if t2 is not None else None, (n, N)), ("out", out, (n, k, N))), _DTYPES)
     if out is None:
         out = torch.empty(n, k, N, dtype=ref.dtype)
     if out.numel():

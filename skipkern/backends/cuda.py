@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from skipkern.reference import ACTIVATIONS, SKIPS
+from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
 
 try:
     from skipkern import _C_cuda
@@ -55,40 +55,13 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
-def _check(name: str, t: Optional[Tensor], shape: tuple, ref: Tensor) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have dtype {ref.dtype}, got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on {ref.device}, got {t.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (row-major) for the cuda backend; pass {name}.contiguous()")
-
-
-def _check_common(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: str, activation: str) -> tuple:
+def _sizes(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: int) -> tuple[int, int, int]:
     ok, reason = available()
     if not ok:
         raise RuntimeError(f"cuda backend unavailable: {reason}")
-    if skip not in SKIPS:
-        raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    b, k, n = skip_linear_sizes(x, weight, q, skip)
     if x.device.type != "cuda":
         raise ValueError(f"x must be a cuda tensor for the cuda backend, got device {x.device}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"x must be one of {sorted(_DTYPES.values())} for the cuda backend, got {x.dtype}")
-    if x.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"x [B, K] and weight [N, K] must be 2-D, got {list(x.shape)} and {list(weight.shape)}")
-    (b, k), n = x.shape, weight.shape[0]
-    if skip == "identity" and n != k:
-        raise ValueError(f"skip='identity' needs in_features == out_features, got weight {list(weight.shape)}")
-    if (skip == "dense") != (q is not None):
-        raise ValueError(f"q must be given exactly when skip == 'dense' (skip={skip!r})")
     ok, reason = supports("skip_linear", "cuda", x.dtype, ((b, k), (n, k)))
     if not ok:
         raise ValueError(reason)
@@ -99,15 +72,16 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: str,
-                    activation: str) -> tuple[Tensor, Tensor]:
-    """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (skip "dense") or None.
+def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: int,
+                    activation: int) -> tuple[Tensor, Tensor]:
+    """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (dense skip) or None; contiguous,
+    one CUDA device. skip, activation: codes of skipkern.reference.SKIP_CODES / ACTIVATION_CODES.
 
     Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
     """
-    b, k, n = _check_common(x, weight, q, skip, activation)
-    for name, t, shape in (("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k))):
-        _check(name, t, shape, x)
+    b, k, n = _sizes(x, weight, q, skip)
+    check_tensors("cuda", (("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k))),
+                  _DTYPES)
     y = torch.empty(b, n, dtype=x.dtype, device=x.device)
     z = torch.empty(b, n, dtype=x.dtype, device=x.device)
     if b == 0 or n == 0:
@@ -119,16 +93,15 @@ def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Option
     return y, z
 
 
-def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: str,
-                    activation: str, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K].
+def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: int,
+                    activation: int, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K]; codes as in skip_linear_fwd.
 
     Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
     """
-    b, k, n = _check_common(x, weight, q, skip, activation)
-    for name, t, shape in (("grad_y", grad_y, (b, n)), ("x", x, (b, k)), ("weight", weight, (n, k)),
-                           ("z", z, (b, n)), ("q", q, (n, k))):
-        _check(name, t, shape, x)
+    b, k, n = _sizes(x, weight, q, skip)
+    check_tensors("cuda", (("x", x, (b, k)), ("grad_y", grad_y, (b, n)), ("weight", weight, (n, k)),
+                           ("z", z, (b, n)), ("q", q, (n, k))), _DTYPES)
     dx = torch.empty(b, k, dtype=x.dtype, device=x.device)
     dw = torch.empty(n, k, dtype=x.dtype, device=x.device)
     db = torch.empty(n, dtype=x.dtype, device=x.device) if has_bias else None

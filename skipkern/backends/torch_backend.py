@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from skipkern.reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_ref
 
 
 def available() -> tuple[bool, str]:
@@ -18,12 +18,13 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
-def skip_linear_fwd(x, weight, bias, q, skip: str, activation: str):
-    return skip_linear_ref(x, weight, bias, q, skip, activation)
+def skip_linear_fwd(x, weight, bias, q, skip: int, activation: int):
+    """skip_linear_ref with the kinds given as codes (a code is the name's position in the table)."""
+    return skip_linear_ref(x, weight, bias, q, SKIPS[skip], ACTIVATIONS[activation])
 
 
-def skip_linear_bwd(grad_y, x, weight, z, q, skip: str, activation: str, has_bias: bool):
-    return skip_linear_bwd_ref(grad_y, x, weight, z, q, skip, activation, has_bias)
+def skip_linear_bwd(grad_y, x, weight, z, q, skip: int, activation: int, has_bias: bool):
+    return skip_linear_bwd_ref(grad_y, x, weight, z, q, SKIPS[skip], ACTIVATIONS[activation], has_bias)
 
 
 # ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)

@@ -65,13 +65,14 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
 
 
 def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
-                    skip: str, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y [B, N], z [B, N]) from x [B, K], weight [N, K], bias [N]?, q [N, K]? (see kernels.skip_linear)."""
+                    skip: int, activation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [B, N], z [B, N]) from x [B, K], weight [N, K], bias [N]?, q [N, K]?; skip / activation codes
+    (see kernels.skip_linear)."""
     return _k.skip_linear_fwd(x, weight, bias, q, skip, activation)
 
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
-                    q: Optional[torch.Tensor], skip: str, activation: str, has_bias: bool
+                    q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """(dx [B, K], dW [N, K], db [N] or None) (see kernels.skip_linear.skip_linear_bwd)."""
     return _k.skip_linear_bwd(grad_y, x, weight, z, q, skip, activation, has_bias)

@@ -5,7 +5,9 @@ The forward op returns (y, z) with z the pre-activation, saved for backward. The
 autograd formula is the vjp of the plain-torch backward formula (``skip_linear_bwd_ref``), so double
 backward (Hessian-vector products through these layers) works on every backend, and any higher order
 runs through plain torch. Backends are resolved in Python before the op is called, so the op receives a
-concrete backend name.
+concrete backend name. The skip kind and the activation are validated once, here at the entry, and travel
+as the integer codes of skipkern.reference's table (SKIP_CODES, ACTIVATION_CODES) through the ops to
+every backend.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch
 from torch import Tensor
 
 from skipkern import backends
-from skipkern.reference import ACTIVATIONS, skip_linear_bwd_ref, skip_linear_composite
+from skipkern.reference import (ACTIVATIONS, SKIP_CODES, SKIPS, activation_code, skip_linear_bwd_ref,
+                                skip_linear_composite)
 
 __all__ = ["skip_linear", "normalize_skip"]
 
@@ -25,8 +28,9 @@ SkipArg = Union[None, str, Tensor]
 # ---------------------------------------------------------------------------------------------- ops
 @torch.library.custom_op("skipkern::skip_linear_fwd", mutates_args=())
 def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor],
-                    skip: str, activation: str, backend: str) -> tuple[Tensor, Tensor]:
-    """Forward. x [B, K], weight [N, K], bias [N]?, q [N, K]? -> (y [B, N], z [B, N])."""
+                    skip: int, activation: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Forward. x [B, K], weight [N, K], bias [N]?, q [N, K]? -> (y [B, N], z [B, N]).
+    skip, activation: codes of SKIP_CODES / ACTIVATION_CODES."""
     return _fwd_impl(x, weight, bias, q, skip, activation, backend)
 
 
@@ -45,7 +49,7 @@ def _(x, weight, bias, q, skip, activation, backend):
 
 @torch.library.custom_op("skipkern::skip_linear_bwd", mutates_args=())
 def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor],
-                    skip: str, activation: str, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                    skip: int, activation: int, has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Backward. Returns (dx [B, K], dW [N, K], db [N]); db is zeros when has_bias is False."""
     return _bwd_impl(grad_y, x, weight, z, q, skip, activation, has_bias, backend)
 
@@ -106,7 +110,7 @@ def _bwd_backward(ctx, g_dx, g_dw, g_db):
     skip, activation, has_bias = ctx.meta
 
     def f(gy, xx, w, zz, qq):
-        dx, dw, db = skip_linear_bwd_ref(gy, xx, w, zz, qq, skip, activation, True)
+        dx, dw, db = skip_linear_bwd_ref(gy, xx, w, zz, qq, SKIPS[skip], ACTIVATIONS[activation], True)
         return dx, dw, db
 
     cot = (
@@ -197,15 +201,15 @@ def normalize_skip(skip: SkipArg) -> tuple[str, Optional[Tensor]]:
 
 
 def _check_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], kind: str, q: Optional[Tensor],
-                  activation: str) -> None:
+                  activation: str) -> int:
+    """Every user-facing check of skip_linear, in one place; returns the activation's code."""
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"x must have a floating dtype (float32, float64, float16, bfloat16), got {x.dtype}; "
                         f"convert with x.float()")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    act = activation_code(activation)
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
@@ -231,6 +235,7 @@ def _check_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], kind: str, 
                             f"share one dtype (cast with .to({x.dtype}))")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device")
+    return act
 
 
 def skip_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: SkipArg = None,
@@ -249,7 +254,7 @@ def skip_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: 
         y [..., out], same dtype and device as x.
     """
     kind, q = normalize_skip(skip)
-    _check_inputs(x, weight, bias, kind, q, activation)
+    act = _check_inputs(x, weight, bias, kind, q, activation)
     if _in_functorch_transform():
         # Custom ops carry no torch.func (grad/vmap/jvp) rules: inside a transform run the same math as
         # plain differentiable torch ops. Logged once as backend "torch (torch.func composite)".
@@ -266,5 +271,5 @@ def skip_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: 
     fwd = skip_linear_fwd if torch.compiler.is_compiling() else _SkipLinearFn.apply
     y, _ = fwd(x2.contiguous(), weight.contiguous(),
                            None if bias is None else bias.contiguous(),
-                           None if q is None else q.contiguous(), kind, activation, name)
+                           None if q is None else q.contiguous(), SKIP_CODES[kind], act, name)
     return y.reshape(*lead, n)
