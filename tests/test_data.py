@@ -2,7 +2,9 @@
 format), their error messages, and the teacher-student data of the simplified model."""
 from __future__ import annotations
 
+import io
 import math
+import os
 import pickle
 import random
 
@@ -171,6 +173,47 @@ def test_cifar_malformed_batch(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match) as e:
         load_dataset("cifar10", data_dir=tmp_path)
     assert "data_batch_2" in str(e.value)
+
+
+class _RunsCode:
+    """A pickle whose loading runs a command (what an untrusted data folder could hold)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("where", ["object", "label"])
+def test_cifar_batch_cannot_run_code(tmp_path, where):
+    folder, *_ = _make_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = _RunsCode(marker)
+    batch = ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, payload]} if where == "label" else payload)
+    with open(folder / "data_batch_4", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(ValueError) as e:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert not marker.exists()  # nothing in the file ran
+    msg = str(e.value)
+    assert "data_batch_4" in msg and "not a CIFAR python-pickle batch" in msg and "system" in msg, msg
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol(tmp_path, protocol):
+    """The restricted reader accepts what CIFAR's own files and Python 3 writers produce: numpy arrays and
+    dtypes (numpy.core/_core rebuilders), bytes (protocol 2 writes them through _codecs.encode), lists."""
+    folder, x, y, *_ = _make_cifar10(tmp_path)
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": x[:4], b"labels": [int(v) for v in y[:4]], b"batch_label": b"training batch 1",
+                     b"filenames": [b"a.png"] * 4, b"extra": {"n": np.int64(4), "f": 1.5}}, f, protocol=protocol)
+    d = load_dataset("cifar10", data_dir=tmp_path)
+    np.testing.assert_array_equal(d.y_train.numpy(), y)
+    # numpy 1's module path (the real CIFAR files were pickled with it) resolves too
+    legacy = pickle.dumps(x[:4], protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    from skipkern.data.cifar import _BatchUnpickler
+    np.testing.assert_array_equal(_BatchUnpickler(io.BytesIO(legacy), encoding="bytes").load(), x[:4])
 
 
 # ------------------------------------------------------------------------------------ teacher-student

@@ -5,7 +5,8 @@ Layouts (Krizhevsky's "python version" archives, unpacked):
     cifar-100-python/      train, test                                  keys b"data", b"fine_labels"
 b"data" is uint8 [N, 3072] (3 x 32 x 32, channel-major). Preprocessing (the paper leaves it open; ours):
 flatten to [N, 3072], scale to [0, 1], subtract the per-feature mean of the training samples used
-(kept in ``meta["train_mean"]``). ``write_cifar_folder`` writes small folders of the same format for
+(kept in ``meta["train_mean"]``). The pickles are read by a restricted unpickler that executes nothing
+(a data folder is input, not code). ``write_cifar_folder`` writes small folders of the same format for
 tests and demos.
 """
 from __future__ import annotations
@@ -68,12 +69,52 @@ def _resolve_folder(name: str, data_dir: Union[str, os.PathLike]) -> Path:
         f"that folder or its parent); found {_listing(c)}")
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of bytes use it, and nothing else."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict:
+    """The only callables a CIFAR batch may name: numpy's array/dtype/scalar rebuilders, under the module
+    paths numpy 1 (real CIFAR files: ``numpy.core``) and numpy 2 (``numpy._core``) write, and
+    ``_codecs.encode`` (bytes in protocol-2 pickles written by Python 3). Taken from the objects numpy
+    itself pickles with, so no module is imported by name."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    scalar = np.float64(0).__reduce__()[0]
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1}
+    for core in ("numpy.core", "numpy._core"):
+        allowed.update({(f"{core}.multiarray", "_reconstruct"): reconstruct, (f"{core}.multiarray", "scalar"): scalar,
+                        (f"{core}.numeric", "_frombuffer"): frombuffer})
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads the CIFAR python-pickle format without running anything: builtin containers, bytes, str and
+    numbers come from pickle opcodes, and the only globals it resolves are numpy's array rebuilders
+    (``_numpy_globals``). A pickle naming anything else (os.system, builtins.eval, ...) is refused."""
+
+    _allowed: Optional[dict] = None
+
+    def find_class(self, module: str, name: str):
+        if _BatchUnpickler._allowed is None:
+            _BatchUnpickler._allowed = _numpy_globals()
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which a CIFAR batch never holds (only "
+                                         f"dicts, lists, bytes, str, numbers and numpy arrays); refusing to load it")
+        return obj
+
+
 def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path} is not a CIFAR python-pickle batch (unpickling failed: {e})") from e
+            d = _BatchUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError) as e:
+        raise ValueError(f"{path} is not a CIFAR python-pickle batch ({e or type(e).__name__})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a pickled dict with keys b'data' and {label_key!r}, "
                          f"found a {type(d).__name__}")
