@@ -6,8 +6,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from skipkern.backends import BACKENDS
 from skipkern.nn.init import degenerate_orthogonal, glorot_normal_, random_orthogonal
 from skipkern.ops.skip_linear import skip_linear
+from skipkern.reference import activation_code
 
 SKIP_KINDS = ("identity", "orthogonal", "none", "degenerate")
 
@@ -32,8 +34,19 @@ class SkipLinear(nn.Module):
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                  device=None, dtype=None):
         super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if skip not in SKIP_KINDS:
             raise ValueError(f"skip must be one of {SKIP_KINDS}, got {skip!r}")
+        activation_code(activation)  # the one vocabulary check: ValueError naming the activations
+        if backend not in (None, "auto") and backend not in BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        if (isinstance(degenerate_fraction, bool) or not isinstance(degenerate_fraction, (int, float))
+                or not 0.0 <= degenerate_fraction <= 1.0):
+            raise ValueError(f"degenerate_fraction must be a number in [0, 1], got {degenerate_fraction!r}")
         if skip == "identity" and in_features != out_features:
             raise ValueError(f"skip='identity' needs in_features == out_features, got {in_features} -> "
                              f"{out_features}; use skip='orthogonal' for a fixed rectangular skip")

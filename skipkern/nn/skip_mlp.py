@@ -67,7 +67,7 @@ class SkipMLP(nn.Module):
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         for name, v in (("in_features", in_features), ("width", width), ("depth", depth),
                         ("out_features", out_features)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if hyper_reduce not in ("mean", "sum"):
             raise ValueError(f"hyper_reduce must be 'mean' or 'sum', got {hyper_reduce!r}")
