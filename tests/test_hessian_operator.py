@@ -2,6 +2,7 @@
 (torch.autograd.functional.hessian), chunking and batching invariance, modes, errors."""
 import copy
 import logging
+import types
 
 import numpy as np
 import pytest
@@ -377,3 +378,87 @@ def test_reduction_errors_and_all_ignored_batches():
         assert rel(op @ V, H @ V) < RTOL
         with pytest.raises(ValueError, match="ignore_index"):
             HessianOperator(m, lf, (x[:4], y2[:4]), backend=backend) @ V
+
+
+def _held_bytes(obj, skip=("model",)):
+    """Bytes of the distinct tensor storages reachable from obj (attributes, containers, closures),
+    without the model's own parameters: an independent count of what the fused R-op holds."""
+    seen, storages = set(), {}
+
+    def walk(o):
+        if id(o) in seen or isinstance(o, (nn.Module, str, int, float, type(None), type, types.ModuleType)):
+            return
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple, set)):
+            for v in o:
+                walk(v)
+        elif isinstance(o, types.FunctionType):
+            for c in o.__closure__ or ():
+                walk(c.cell_contents)
+        elif hasattr(o, "__dict__"):
+            for k, v in vars(o).items():
+                if k not in skip:
+                    walk(v)
+    walk(obj)
+    return sum(storages.values())
+
+
+def _count_primal(monkeypatch):
+    from skipkern.hessian import hvp_fused
+    calls = []
+    orig = hvp_fused.FusedHVP._primal
+
+    def counting(self, *a, **kw):
+        calls.append(a[0].shape[0])
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(hvp_fused.FusedHVP, "_primal", counting)
+    return calls
+
+
+def test_fused_holds_no_more_than_its_memory_budget(monkeypatch):
+    m = SkipMLP(40, 16, 4, 10, arch="residual", activation="tanh", seed=0, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(600, 40, generator=g, dtype=F64), torch.randint(0, 10, (600,), generator=g)
+    calls = _count_primal(monkeypatch)
+    budget = 3 << 19  # 1.5 MiB: several row chunks, a primal cache that holds part of the batch
+    op = HessianOperator(m, nn.CrossEntropyLoss(), (x, y), backend="fused", memory_budget=budget)
+    V = torch.randn(op.shape[0], 4, dtype=F64)
+    ref = HessianOperator(m, nn.CrossEntropyLoss(), (x, y), backend="fused") @ V
+    per_product = []
+    for _ in range(3):
+        calls.clear()
+        assert rel(op @ V, ref) < 1e-12
+        per_product.append(len(calls))
+        assert _held_bytes(op._impl) <= budget
+    assert op._impl.held_bytes() == _held_bytes(op._impl)  # what it reports is what it holds
+    assert per_product[0] >= 3  # several row chunks
+    assert 0 < per_product[1] == per_product[2] < per_product[0]  # part of the batch came from the cache
+
+
+@pytest.mark.parametrize("kind", ["dtype", "loader"])
+def test_fused_primal_cache_hits_when_data_is_converted_or_reyielded(monkeypatch, kind):
+    m = small_mlp("residual", "relu", depth=4)  # float64 parameters
+    x, y = data(n=20)
+    calls = _count_primal(monkeypatch)
+    lf = nn.CrossEntropyLoss()
+    if kind == "dtype":  # float32 data: the operator converts it to float64 for every product
+        op = HessianOperator(m, lf, (x.float(), y), batch_size=8, backend="fused")
+    else:  # a DataLoader yields new tensors every pass
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+        op = HessianOperator(m, lf, loader, backend="fused")
+    V = torch.randn(op.shape[0], 3, dtype=F64)
+    first = op @ V
+    assert len(calls) == 3  # three batches: 8, 8, 4 rows
+    for _ in range(3):
+        assert torch.equal(op @ V, first)
+    assert len(calls) == 3  # every later product reused the primal passes
+    with torch.no_grad():
+        m.layers[1].bias.add_(0.1)
+    op @ V
+    assert len(calls) == 6  # a parameter change invalidates them

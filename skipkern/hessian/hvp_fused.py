@@ -15,9 +15,10 @@ the n*k rows share W_l ([n*k, K] @ W^T), the k direction matrices share the acti
 (h_l @ [dW | db]^T_flat: [n, K+1] @ [K+1, k*N]; R delta^T h: [k*N, n] @ [n, K+1]). Bias terms ride in
 the GEMMs through a ones column; additions go through addmm_ where the operands allow.
 Per product: the primal forward/backward (h_l, act', act'', delta_l, d loss/d h_l) is computed once per
-row chunk and cached while the batch tensors and the parameters keep their values (so Lanczos, which
+row chunk and cached while the chunk's rows and the parameters keep their values (so Lanczos, which
 multiplies by the same Hessian every step, pays it once); the [n, k, width] R-tensors live in
-workspace buffers reused across layers and calls. Rows are chunked to fit ``memory_budget``.
+workspace buffers reused across layers and calls. Everything held (directions, results, workspace,
+cache, one parameter snapshot) counts against ``memory_budget`` (skipkern.hessian.fused_memory).
 FLOPs: 12 n K N per direction and layer (6 GEMMs), i.e. 2 gradients per direction, + 1 gradient
 per product (or none when cached). The elementwise passes on the [n, k, width] buffers (act', act''
 masks, identity skip and hyper-sum adds; R delta = R g act' + g act'' R z) are one pass each through the
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skipkern import backends
+from skipkern.hessian.fused_memory import PrimalCache, footprint, tensor_bytes
 from skipkern.nn.skip_mlp import SkipMLP
 from skipkern.reference import activation_grad_ref, activation_ref
 
@@ -118,7 +120,7 @@ class FusedHVP:
         slots = _param_slots(model)
         self.where = [slots[n] for n in self.names]
         self._ws: dict[str, Tensor] = {}
-        self._primal_cache: dict[tuple, dict] = {}
+        self._cache = PrimalCache()
 
     # ------------------------------------------------------------------------------- pieces
     def _layers(self) -> list[dict]:
@@ -155,13 +157,15 @@ class FusedHVP:
         return torch.full((n,), scale, dtype=self.dtype, device=y.device)
 
     def _loss_terms(self, logits: Tensor, y: Tensor, w: Tensor):
-        """(loss, g = d loss / d logits [n, C], Hop: R logits [n, k, C] -> R g [n, k, C])."""
+        """(loss, g = d loss / d logits [n, C], Hop: R logits [n, k, C] -> R g [n, k, C], the tensors
+        Hop holds)."""
         kind = self.spec[0]
         if kind == "mse":
             diff = logits - y
             loss = (w * (diff * diff).sum(1)).sum()
             g = (2.0 * w)[:, None] * diff
-            return loss, g, lambda u: u * (2.0 * w)[:, None, None]
+            w2 = (2.0 * w)[:, None, None]
+            return loss, g, lambda u: u * w2, [w2]
         logp = torch.log_softmax(logits, dim=1)
         p = logp.exp()
         if y.dtype.is_floating_point:
@@ -176,7 +180,7 @@ class FusedHVP:
 
         def hop(u: Tensor) -> Tensor:  # w s (diag(p) - p p^T) u, per row and direction
             return ws * pk * (u - (u * pk).sum(-1, keepdim=True))
-        return loss, g, hop
+        return loss, g, hop, [ws, pk]
 
     def _directions(self, Vt: Tensor, layers: list[dict]) -> list[Optional[Tensor]]:
         """Per layer [k, N, K(+1)]: [dW | db] of the k directions (None if the layer is not selected)."""
@@ -196,13 +200,21 @@ class FusedHVP:
             off += size
         return dirs
 
-    def rows_per_chunk(self, n: int, k: int, memory_budget: int, layers: list[dict]) -> int:
+    def held_bytes(self) -> int:
+        """Bytes this object holds between products: workspace buffers, primal cache, snapshot."""
+        return tensor_bytes([self._ws, self._cache.entries, self._cache.snapshot or []])
+
+    def _plan(self, n: int, k: int, P: int, budget: int, layers: list[dict]) -> tuple[int, int]:
+        """(rows per chunk, bytes the primal cache may hold) within ``budget`` (see fused_memory)."""
         isz = torch.finfo(self.dtype).bits // 8
-        widths = [L["w"].shape[1] for L in layers]
-        smooth = sum(L["w"].shape[0] for L in layers if L["act"] in _SMOOTH)
-        per_row = isz * (k * (sum(widths) + smooth + 4 * max(widths + [layers[-1]["w"].shape[0]]))
-                         + 4 * sum(widths))
-        return int(max(1, min(n, memory_budget // max(per_row, 1))))
+        fixed, ws_row, pr_row = footprint(layers, k, P, isz, tensor_bytes(self._cache.snapshot or []))
+        room = budget - fixed
+        if room < ws_row + 2 * pr_row:
+            self._cache.warn_small_budget(budget, fixed + ws_row + 2 * pr_row)
+            return 1, 0
+        rows = min(n, room // (ws_row + 2 * pr_row))
+        ws = max(rows * ws_row, tensor_bytes(self._ws))
+        return rows, max(0, room - ws - rows * pr_row)
 
     # ------------------------------------------------------------------------------- product
     def batch_hvp(self, x: Tensor, y: Tensor, Vt: Tensor, memory_budget: int, batch_index: int = 0) -> Tensor:
@@ -213,9 +225,10 @@ class FusedHVP:
                              f"on batch {batch_index}")
         n, k = x.shape[0], Vt.shape[0]
         w_rows = self._row_weights((n, layers[-1]["w"].shape[0]), y, batch_index)
+        self._cache.check_state(self._state_tensors(), (self.dtype,) + tuple(L["act"] for L in layers))
         dirs = self._directions(Vt, layers)
         res: list[Optional[Tensor]] = [None if d is None else torch.zeros_like(d) for d in dirs]
-        rows = self.rows_per_chunk(n, k, memory_budget, layers)
+        rows, room = self._plan(n, k, Vt.shape[1], memory_budget, layers)
         width = max(L["w"].shape[0] for L in layers)
         # One resolution per product (the registry logs once which backend ran).
         self._rop = backends.launcher(backends.resolve("rop_epilogue", self.epilogue_backend, x.device,
@@ -223,7 +236,7 @@ class FusedHVP:
         loss = 0.0
         for r0 in range(0, n, rows):
             loss += float(self._chunk(x[r0:r0 + rows], y[r0:r0 + rows], w_rows[r0:r0 + rows],
-                                      layers, dirs, res, (batch_index, r0, rows), memory_budget, (x, y)))
+                                      layers, dirs, res, (batch_index, r0, rows), room))
         if not math.isfinite(loss):
             raise ValueError(f"loss is {loss} (not finite) on data batch {batch_index}; "
                              f"check the inputs, targets and parameters for NaN/inf")
@@ -251,7 +264,7 @@ class FusedHVP:
     def release_workspace(self) -> None:
         """Free the cached [n, k, width] buffers and primal passes (re-created by the next product)."""
         self._ws = {}
-        self._primal_cache = {}
+        self._cache.clear()
 
     def _primal(self, x: Tensor, y: Tensor, w: Tensor, layers: list[dict]) -> dict:
         """Forward and backward of the loss on one row chunk, everything the R-pass reuses for all k:
@@ -263,7 +276,7 @@ class FusedHVP:
         h, hsum, logits = x, None, None
         for l, L in enumerate(layers):
             W, b = L["w"], L["b"]
-            A.append(torch.cat([h, ones], 1) if b is not None else h)
+            A.append(torch.cat([h, ones], 1) if b is not None else (h.clone() if l == 0 else h))
             z = torch.addmm(b, h, W.T) if b is not None else h @ W.T
             if l == Lout:
                 logits = z
@@ -281,7 +294,7 @@ class FusedHVP:
             if L["p"] is not None:  # this layer's input h_l feeds the hyper terms of later layers
                 hsum = h @ L["p"].T if hsum is None else torch.addmm(hsum, h, L["p"].T)
             h = h_new
-        loss, g, hop = self._loss_terms(logits, y, w)
+        loss, g, hop, hop_held = self._loss_terms(logits, y, w)
         GZ: list = [None] * (Lout + 1)
         GH: list = [None] * (Lout + 1)  # GH[l] = d loss / d h_l (l >= 1)
         gz, gh_next, acc = g, None, None
@@ -301,33 +314,18 @@ class FusedHVP:
             gz = gh * D1[l - 1]
             gh_next = gh
         GZ[0] = gz
-        return dict(A=A, D1=D1, D2=D2, GZ=GZ, GH=GH, loss=loss, hop=hop)
+        # X, Y: the chunk's rows as the cache compares them (X is a view of A[0], no copy with a bias)
+        return dict(A=A, D1=D1, D2=D2, GZ=GZ, GH=GH, loss=loss, hop=hop, hop_held=hop_held,
+                    X=A[0][:, :x.shape[1]], Y=y.clone())
 
-    def _cached_primal(self, key: tuple, x: Tensor, y: Tensor, w: Tensor, layers: list[dict],
-                       budget: int, parent: tuple) -> dict:
-        """The primal pass, reused while the same input tensors and unchanged parameters come back
-        (Lanczos multiplies by the same Hessian every step). Valid while the batch ``parent`` =
-        (inputs, targets) is the same tensor pair with the same values and every parameter and skip
-        buffer still equals its snapshot (activations and dtype unchanged)."""
-        px, py = parent
-        tensors = self._state_tensors() + [px, py]
-        meta = (self.dtype,) + tuple(L["act"] for L in layers)
-        hit = self._primal_cache.get(key)
-        # Exact comparison with a snapshot (a few hundred thousand elements, ~0.1 ms): also catches
-        # changes made through .data, which do not bump the version counters.
-        if hit is not None and hit["x"] is px and hit["y"] is py and hit["meta"] == meta \
-                and len(hit["snap"]) == len(tensors) \
-                and all(torch.equal(a, b) for a, b in zip(hit["snap"], tensors)):
-            return hit["primal"]
+    def _cached_primal(self, key: tuple, x: Tensor, y: Tensor, w: Tensor, layers: list[dict], room: int) -> dict:
+        """The primal pass of a chunk, from the cache when its rows and the parameters are unchanged
+        (Lanczos multiplies by the same Hessian every step), else computed and kept if it fits."""
+        hit = self._cache.get(key, x, y)
+        if hit is not None:
+            return hit
         primal = self._primal(x, y, w, layers)
-        size = sum(t.numel() * t.element_size() for v in primal.values() if isinstance(v, list)
-                   for t in v if isinstance(t, Tensor))
-        held = sum(e["bytes"] for k2, e in self._primal_cache.items() if k2 != key)
-        if held + size <= budget // 2:  # never let the cache take more than half the budget
-            self._primal_cache[key] = dict(x=px, y=py, meta=meta, primal=primal, bytes=size,
-                                           snap=[t.detach().clone() for t in tensors])
-        else:
-            self._primal_cache.pop(key, None)
+        self._cache.admit(key, primal, room)
         return primal
 
     def _state_tensors(self) -> list[Tensor]:
@@ -335,10 +333,9 @@ class FusedHVP:
                 for t in (s["weight"], s["bias"], s["skip_weight"], s["hyper_source"]) if t is not None]
 
     def _chunk(self, x: Tensor, y: Tensor, w: Tensor, layers: list[dict], dirs: list, res: list,
-               key: tuple, budget: int, parent: tuple) -> Tensor:
-        """R-pass of one row chunk (x, y: rows of the batch ``parent``) for all k directions;
-        accumulates R [dW | db] into ``res``."""
-        pr = self._cached_primal(key, x, y, w, layers, budget, parent)
+               key: tuple, room: int) -> Tensor:
+        """R-pass of one row chunk for all k directions; accumulates R [dW | db] into ``res``."""
+        pr = self._cached_primal(key, x, y, w, layers, room)
         A, D1, D2, GZ, GH = pr["A"], pr["D1"], pr["D2"], pr["GZ"], pr["GH"]
         n, k, Lout = x.shape[0], dirs_k(dirs), len(layers) - 1
         # ---- R-forward into reusable buffers; None stands for an R-tensor that is exactly zero
