@@ -127,6 +127,58 @@ def test_resume_refuses_other_architecture_or_settings(data, tmp_path):
     assert load_checkpoint(tmp_path)[1]["model_config"]["arch"] == "plain" and len(fresh.history) == 2
 
 
+@pytest.mark.parametrize("change, needle", [
+    (dict(malicious=True), "malicious: checkpoint False vs this run True"),
+    (dict(model_seed=99), "initial weights"),
+    (dict(model_kw={"init": "scaled"}), "init: checkpoint 'glorot' vs this run 'scaled'"),
+    (dict(cfg={"max_steps": 100}), "max_steps: checkpoint None vs this run 100"),
+    (dict(cfg={"batch_size": 50}), "batch_size"),
+    (dict(cfg={"diagnostics_every": 1}), "diagnostics_every"),
+    (dict(cfg={"train_eval_samples": 100}), "train_eval_samples"),
+    (dict(data_seed=1), "data.seed: checkpoint 0 vs this run 1"),
+    (dict(cfg={"epochs": 1}), "at epoch 2, past this run's epochs=1"),
+])
+def test_resume_refuses_every_other_setting(data, tmp_path, change, needle):
+    """A resume compares the run's whole identity: model options, initial weights (seed, init scheme,
+    malicious init), every training setting, the data; and never reports a checkpoint past its epochs."""
+    from skipkern.data import load_dataset
+    from skipkern.nn import malicious_init_
+
+    same = {"malicious": False}  # what the CLI records
+    train(_model(), data, _cfg(epochs=2), out_dir=tmp_path, identity=same)
+    model = _model(seed=change.get("model_seed", 0), **change.get("model_kw", {}))
+    if change.get("malicious"):
+        malicious_init_(model)
+    d = data if "data_seed" not in change else load_dataset("mnist1d", data_dir=tmp_path / "cache", n_train=300,
+                                                           n_test=100, seed=change["data_seed"])
+    with pytest.raises(ValueError) as e:
+        train(model, d, _cfg(**{"epochs": 3, **change.get("cfg", {})}), out_dir=tmp_path,
+              identity={"malicious": change.get("malicious", False)})
+    assert needle in str(e.value) and str(tmp_path / "checkpoint.pt") in str(e.value), str(e.value)
+    assert "--no-resume" in str(e.value)
+    # the same run resumes, and records what it was given
+    res = train(_model(), data, _cfg(epochs=3), out_dir=tmp_path, identity=same)
+    assert res.history[-1]["epoch"] == 3
+    ckpt = load_checkpoint(tmp_path)[1]
+    assert ckpt["identity"]["initial_weights"] and ckpt["identity"]["model.init"] == "glorot"
+
+
+def test_resume_records_the_malicious_flag_and_refuses_older_checkpoints(data, tmp_path):
+    from skipkern.nn import malicious_init_
+    from skipkern.training.checkpoint import save_checkpoint
+
+    m = malicious_init_(_model())
+    train(m, data, _cfg(epochs=1), out_dir=tmp_path, identity={"malicious": True})
+    ckpt = load_checkpoint(tmp_path)[1]
+    assert ckpt["identity"]["malicious"] is True
+    ckpt["format"] = "skipkern-train-1"  # as written before runs recorded their identity
+    del ckpt["identity"]
+    save_checkpoint(tmp_path / "checkpoint.pt", ckpt)
+    assert load_checkpoint(tmp_path)[1]["epoch"] == 1  # still readable for spectrum/diagnose
+    with pytest.raises(ValueError, match="older skipkern"):
+        train(malicious_init_(_model()), data, _cfg(epochs=2), out_dir=tmp_path, identity={"malicious": True})
+
+
 def test_max_steps_and_bad_config(data):
     r = train(_model(), data, _cfg(epochs=5, max_steps=4))
     assert r.stopped_early and r.history[-1]["step"] == 4 and r.history[-1]["partial"] is True
