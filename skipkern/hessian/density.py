@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 import torch
 
+from skipkern.hessian.adapters import as_operator
 from skipkern.hessian.lanczos import LanczosResult, check_count, lanczos, probe_seed
 
 __all__ = ["Estimate", "SpectralDensity", "spectral_density", "from_lanczos"]
@@ -227,7 +228,8 @@ def spectral_density(op, *, num_probes: int = 10, num_steps: int = 80, sigma: Op
     HessianOperator, ``num_steps`` passes over the data).
 
     Args:
-        op: operator with shape (P, P), dtype, device and matmat (HessianOperator, DenseOperator, ...).
+        op: a symmetric operator (HessianOperator, DenseOperator, tensor, numpy array, scipy
+            LinearOperator, any object with shape and matmat; skipkern.hessian.adapters).
         num_probes: random unit Rademacher probes k >= 1 (standard errors need k >= 2).
         num_steps: Lanczos steps m >= 1 (capped at P).
         sigma: Gaussian smoothing width (default: 1% of the Ritz-value range).
@@ -238,6 +240,7 @@ def spectral_density(op, *, num_probes: int = 10, num_steps: int = 80, sigma: Op
     """
     check_count("num_probes", num_probes)
     check_count("num_steps", num_steps)
+    op = as_operator(op)
     seed = probe_seed(op, seed)  # seed None under a process group: one seed, broadcast from rank 0
     res = lanczos(op, num_steps, num_probes=num_probes, seed=seed, progress=progress,
                   reorthogonalize=reorthogonalize)

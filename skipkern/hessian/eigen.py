@@ -15,6 +15,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from skipkern.hessian.adapters import as_operator
 from skipkern.hessian.lanczos import (LanczosRun, check_count, default_breakdown_tol, operator_apply,
                                       probe_seed, progress_bar, rademacher_probes)
 
@@ -36,7 +37,8 @@ def top_eigenvalues(op, k: int = 1, *, which: str = "LA", num_steps: Optional[in
     """The k extreme eigenvalues of a symmetric operator.
 
     Args:
-        op: operator with shape (P, P), dtype, device and matmat([P, k]).
+        op: a symmetric operator (HessianOperator, DenseOperator, tensor, numpy array, scipy
+            LinearOperator, any object with shape and matmat; skipkern.hessian.adapters).
         k: how many (1 <= k <= P).
         which: "LA" largest algebraic (default), "SA" smallest algebraic, "LM" largest magnitude.
         num_steps: most Lanczos steps (default min(P, max(200, 20 k))).
@@ -51,6 +53,7 @@ def top_eigenvalues(op, k: int = 1, *, which: str = "LA", num_steps: Optional[in
         ``return_eigenvectors`` also [P, k] float64 unit eigenvectors. Logs a warning when the
         residuals did not reach ``tol`` within ``num_steps``.
     """
+    op = as_operator(op)
     P = op.shape[0]
     check_count("k", k)
     if k > P:

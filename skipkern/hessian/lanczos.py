@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from skipkern import distributed as sd
+from skipkern.hessian.adapters import as_operator
 
 log = logging.getLogger("skipkern")
 
@@ -232,8 +233,8 @@ def lanczos(op, num_steps: int, *, num_probes: Optional[int] = None, probes: Opt
     """k Lanczos runs in lockstep: each step is one ``op.matmat`` over all active probes.
 
     Args:
-        op: a symmetric operator with ``shape`` (P, P), ``dtype``, ``device`` and ``matmat([P, k])``
-            (HessianOperator, DenseOperator, ...).
+        op: a symmetric operator: HessianOperator, DenseOperator, a torch tensor or numpy array,
+            a scipy LinearOperator, or any object with shape and matmat (skipkern.hessian.adapters).
         num_steps: Lanczos steps m >= 1 (capped at P).
         num_probes: number k of random unit Rademacher probes (default 1 when ``probes`` is None).
         probes: [P, k] starting vectors instead (normalised here; a zero column is an error).
@@ -248,6 +249,7 @@ def lanczos(op, num_steps: int, *, num_probes: Optional[int] = None, probes: Opt
         LanczosResult with alphas [k, m], betas [k, m-1], lengths [k].
     """
     check_count("num_steps", num_steps)
+    op = as_operator(op)
     P = op.shape[0]
     if probes is not None:
         if isinstance(probes, Tensor) is False:

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from skipkern.hessian.adapters import as_operator
 from skipkern.hessian.density import Estimate
 from skipkern.hessian.lanczos import check_count, probe_seed
 
@@ -43,7 +44,8 @@ def trace(op, num_probes: int, method: str = "hutchinson", seed: Optional[int] =
     """Estimate tr(A) of a symmetric operator.
 
     Args:
-        op: operator with shape (P, P), dtype, device and matmat([P, k]).
+        op: a symmetric operator (HessianOperator, DenseOperator, tensor, numpy array, scipy
+            LinearOperator, any object with shape and matmat; skipkern.hessian.adapters).
         num_probes: matrix-vector products to spend (>= 1; >= 3 for "hutch++", split in thirds).
         method: "hutchinson" or "hutch++".
         seed: seed of the Rademacher vectors.
@@ -53,6 +55,7 @@ def trace(op, num_probes: int, method: str = "hutchinson", seed: Optional[int] =
         (for hutch++ the deflated part's; the projected part is exact). NaN with a single probe.
     """
     check_count("num_probes", num_probes)
+    op = as_operator(op)
     P = op.shape[0]
     seed = probe_seed(op, seed)  # the same probes on every rank of a process group
     if method == "hutchinson":
