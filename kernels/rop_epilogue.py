@@ -1,4 +1,4 @@
-# rop_epilogue in Triton: the elementwise passes of the fused R-op (skipkern/hessian/hvp_fused.py), one pass.
+# rop_epilogue in Triton: the elementwise passes of the fused R-op (skipkern.ops.rop_epilogue), one pass.
 #
 # Shapes (contiguous, one dtype): out, skip, hsum, t2, rgh [n, k, N]; d1, d2, gh [n, N] (broadcast over k).
 #   forward  _rop_fwd_kernel: t2 = out * d2 (HAS_D2); out = out * d1 + skip + c * hsum, in place
@@ -16,7 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from skipkern.backends.tensor_checks import check_tensors
+
 INT32_LIMIT = 2**31 - 1
+_DTYPES = (torch.float32, torch.float64)
 
 
 @triton.jit
@@ -56,14 +59,14 @@ INTERPRET = type(_rop_fwd_kernel).__name__ == "InterpretedFunction"  # fixed whe
 _BLOCK = 8192 if INTERPRET else 1024
 
 
-def _need(name: str, t: Optional[torch.Tensor]) -> None:
-    if t is None:
-        return
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous for the triton backend; pass {name}.contiguous()")
+def _check(specs: tuple) -> None:
+    """Layout for the flat-indexed kernels (arguments were validated by skipkern.ops.rop_epilogue):
+    contiguous, one dtype and device, CPU tensors only in the interpreter, int32-indexable."""
+    check_tensors("triton", specs, _DTYPES)
+    name, t, _ = next(s for s in specs if s[1] is not None)
     if t.device.type == "cpu" and not INTERPRET:
-        raise ValueError(f"{name} is a CPU tensor but TRITON_INTERPRET was not 1 when skipkern.kernels."
-                         f"rop_epilogue was imported")
+        raise ValueError("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before skipkern.kernels."
+                         "rop_epilogue is imported)")
     if t.numel() > INT32_LIMIT:
         raise ValueError(f"{name} has {t.numel()} elements, over the int32 indexing of the kernel (2**31)")
 
@@ -73,12 +76,11 @@ def rop_epilogue_fwd(out: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Ten
                      t2_out: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """In place on out [n, k, N]: t2 = out * d2; out = out * d1 + skip_in + c * hsum. Returns t2 or None.
 
-    Arguments must already be validated (skipkern.hessian.rop_reference.check_fwd); here only layout.
+    d1, d2 [n, N]; skip_in, hsum, t2_out [n, k, N]; contiguous float32/float64.
     """
-    for name, t in (("out", out), ("d1", d1), ("d2", d2), ("skip_in", skip_in), ("hsum", hsum),
-                    ("t2_out", t2_out)):
-        _need(name, t)
     n, k, N = out.shape
+    _check((("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)), ("skip_in", skip_in, (n, k, N)),
+            ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N))))
     t2 = None if d2 is None else (t2_out if t2_out is not None else torch.empty_like(out))
     total = out.numel()
     if total == 0:
@@ -93,15 +95,16 @@ def rop_epilogue_fwd(out: torch.Tensor, d1: torch.Tensor, d2: Optional[torch.Ten
 
 def rop_epilogue_bwd(rgh: Optional[torch.Tensor], d1: Optional[torch.Tensor], gh: Optional[torch.Tensor],
                      t2: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """out [n, k, N] = rgh * d1 + gh * t2 (either product may be absent). Arguments validated by the caller."""
+    """out [n, k, N] = rgh * d1 + gh * t2 (either product may be absent). rgh, t2, out [n, k, N]; d1 (with
+    rgh), gh (with t2) [n, N]; contiguous float32/float64."""
     ref = rgh if rgh is not None else t2
     if rgh is None:
         d1 = None
     if t2 is None:
         gh = None
-    for name, t in (("rgh", rgh), ("d1", d1), ("gh", gh), ("t2", t2), ("out", out)):
-        _need(name, t)
     n, k, N = ref.shape
+    _check((("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1, (n, N)), ("gh", gh, (n, N)),
+            ("out", out, (n, k, N))))
     if out is None:
         out = torch.empty_like(ref)
     total = out.numel()

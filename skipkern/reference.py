@@ -1,10 +1,8 @@
-"""Plain-PyTorch references: the spec of every op, the "torch" backend, the test oracle and the
-benchmark baseline, one function serving all four.
+"""What every op's plain-PyTorch reference shares: the vocabulary (activation and skip names and their
+integer codes), the activations act and act', and the plain-torch skip layer.
 
-skip_linear:  z = x @ W^T + b                      x [B, K], W [N, K], b [N]      -> z [B, N]
-              y = act(z) + S(x)                    S(x) = 0 | x (N == K) | x @ Q^T (Q [N, K])
-skip_linear_bwd: with g = grad_y [B, N] and gz = g * act'(z),
-              dx = gz @ W + S^T(g),  dW = gz^T @ x,  db = sum_rows(gz)
+Each op's own reference, ``<op>_ref`` / ``<op>_bwd_ref`` (the spec, the "torch" backend, the test oracle
+and the benchmark baseline), lives beside its glue in ``skipkern/ops/<op>_reference.py``.
 """
 from __future__ import annotations
 
@@ -35,6 +33,7 @@ def skip_code(skip: str) -> int:
     if code is None:
         raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
     return code
+
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -68,58 +67,6 @@ def activation_grad_ref(z: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "gelu":
         return 0.5 * (1.0 + torch.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def skip_term_ref(x: torch.Tensor, q: Optional[torch.Tensor], skip: str) -> Optional[torch.Tensor]:
-    """S(x): None for skip "none", x for "identity", x @ Q^T for "dense"."""
-    if skip == "none":
-        return None
-    if skip == "identity":
-        return x
-    if skip == "dense":
-        return x @ q.transpose(0, 1)
-    raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
-
-
-def skip_linear_ref(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    q: Optional[torch.Tensor],
-    skip: str,
-    activation: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of one skip layer. Returns (y [B, N], z [B, N]); z is the saved pre-activation."""
-    z = x @ weight.transpose(0, 1)
-    if bias is not None:
-        z = z + bias
-    y = activation_ref(z, activation)
-    s = skip_term_ref(x, q, skip)
-    if s is not None:
-        y = y + s
-    return y, z
-
-
-def skip_linear_bwd_ref(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    z: torch.Tensor,
-    q: Optional[torch.Tensor],
-    skip: str,
-    activation: str,
-    has_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Backward of one skip layer. Returns (dx [B, K], dW [N, K], db [N] or None)."""
-    gz = grad_y * activation_grad_ref(z, activation)
-    dx = gz @ weight
-    if skip == "identity":
-        dx = dx + grad_y
-    elif skip == "dense":
-        dx = dx + grad_y @ q
-    dw = gz.transpose(0, 1) @ x
-    db = gz.sum(0) if has_bias else None
-    return dx, dw, db
 
 
 def skip_linear_composite(

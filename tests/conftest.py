@@ -15,10 +15,6 @@ import pytest  # noqa: E402
 import skipkern  # noqa: E402
 
 
-def required_backends() -> set:
-    return {b.strip() for b in os.environ.get("SKIPKERN_REQUIRE", "").split(",") if b.strip()}
-
-
 def pytest_report_header(config):
     lines = [f"skipkern {skipkern.__version__}, torch {torch.__version__}, "
              f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}, "

@@ -7,7 +7,8 @@ gradcheck through skipkern.ops.skip_linear(backend="cuda"), and a CUDA-graph cap
 import pytest
 import torch
 
-from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_ref
+from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATIONS, SKIPS
 from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import TOLERANCES, ensure_backend
 

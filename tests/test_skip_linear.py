@@ -210,7 +210,8 @@ _OMP_SCRIPT = r"""
 import json, os, torch
 from skipkern.backends import cpp
 torch.set_num_threads(int(os.environ["THREADS"]))  # omp_get_max_threads(); the team may get fewer
-from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK, skip_linear_bwd_ref, skip_linear_ref
+from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 rows = []
 for b, k, n, skip in [(500, 128, 128, "identity"), (513, 128, 128, "identity"), (500, 130, 77, "dense"),
                       (513, 33, 130, "none")]:

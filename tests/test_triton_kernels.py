@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import skipkern
-from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_composite, skip_linear_ref
+from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_composite
 from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
 from tests.utils import assert_close, ensure_backend
 

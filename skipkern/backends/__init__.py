@@ -25,7 +25,8 @@ import torch
 
 log = logging.getLogger("skipkern")
 
-__all__ = ["Backend", "BackendStatus", "BACKENDS", "available", "resolve", "launcher", "last_used", "note_fallback"]
+__all__ = ["Backend", "BackendStatus", "BACKENDS", "available", "can_run", "resolve", "launcher", "last_used",
+           "note_fallback"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ def _requested(backend: Optional[str]) -> str:
     return backend
 
 
-def _check(name: str, op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) -> tuple[bool, str]:
+def can_run(name: str, op: str, device_type: str, dtype: torch.dtype, shapes: Sequence = ()) -> tuple[bool, str]:
+    """(True, "") when backend ``name`` is available and runs ``op`` on this device type, dtype and shapes,
+    else (False, why)."""
     b = BACKENDS[name]
     if device_type not in b.devices:
         return False, f"backend {name!r} runs on {b.devices}, not on {device_type}"
@@ -132,10 +135,10 @@ def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.
                 f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {requested!r}"
                 + (" (from SKIPKERN_BACKEND)" if backend in (None, "auto") else "")
             )
-        ok, reason = _check(requested, op, device_type, dtype, shapes)
+        ok, reason = can_run(requested, op, device_type, dtype, shapes)
         if not ok:
             alts = [n for n in AUTO_ORDER.get(device_type, ("torch",)) if n != requested
-                    and _check(n, op, device_type, dtype, shapes)[0]]
+                    and can_run(n, op, device_type, dtype, shapes)[0]]
             raise RuntimeError(
                 f"{op}: backend {requested!r} cannot run here: {reason}. "
                 f"Usable alternatives for {device_type}/{dtype}: {alts or ['torch']} (or backend='auto')."
@@ -143,7 +146,7 @@ def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.
         return _record(op, requested, device_type, dtype)
     skipped = []
     for name in AUTO_ORDER.get(device_type, ("torch",)):
-        ok, reason = _check(name, op, device_type, dtype, shapes)
+        ok, reason = can_run(name, op, device_type, dtype, shapes)
         if ok:
             if skipped:
                 key = (op, device_type, dtype, tuple(skipped))

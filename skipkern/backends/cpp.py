@@ -108,13 +108,12 @@ def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Opt
 # ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)
 def rop_epilogue_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Optional[Tensor],
                      hsum: Optional[Tensor], c: float, t2_out: Optional[Tensor] = None) -> Optional[Tensor]:
-    """One pass, in place: t2 = out * d2; out = out * d1 + skip_in + c * hsum (see rop_reference).
+    """One pass, in place: t2 = out * d2; out = out * d1 + skip_in + c * hsum (skipkern.ops.rop_epilogue).
 
     out, skip_in, hsum, t2_out [n, k, N]; d1, d2 [n, N]; contiguous CPU float32/float64.
     Returns t2 [n, k, N] (t2_out, or a new tensor) when d2 is given, else None.
     """
-    from skipkern.hessian.rop_reference import check_fwd
-    n, k, N = check_fwd(out, d1, d2, skip_in, hsum, c, t2_out)
+    n, k, N = out.shape
     check_tensors("cpp", (("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)),
                           ("skip_in", skip_in, (n, k, N)), ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N))),
                   _DTYPES)
@@ -127,15 +126,14 @@ def rop_epilogue_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Opt
 
 def rop_epilogue_bwd(rgh: Optional[Tensor], d1: Optional[Tensor], gh: Optional[Tensor], t2: Optional[Tensor],
                      out: Optional[Tensor] = None) -> Tensor:
-    """One pass: out = rgh * d1 + gh * t2 (see rop_reference). rgh, t2, out [n, k, N]; d1, gh [n, N]."""
-    from skipkern.hessian.rop_reference import check_bwd
-    n, k, N = check_bwd(rgh, d1, gh, t2, out)
+    """One pass: out = rgh * d1 + gh * t2 (skipkern.ops.rop_epilogue). rgh, t2, out [n, k, N]; d1, gh [n, N]
+    (d1 only with rgh, gh only with t2); contiguous CPU float32/float64."""
     ref = rgh if rgh is not None else t2
-    check_tensors("cpp", (("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1 if rgh is not None else None, (n, N)),
-                          ("gh", gh if t2 is not None else None, (n, N)), ("out", out, (n, k, N))), _DTYPES)
+    n, k, N = ref.shape
+    check_tensors("cpp", (("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)), ("d1", d1, (n, N)), ("gh", gh, (n, N)),
+                          ("out", out, (n, k, N))), _DTYPES)
     if out is None:
         out = torch.empty(n, k, N, dtype=ref.dtype)
     if out.numel():
-        _C.rop_epilogue_bwd_cpu(_DTYPES[ref.dtype], _ptr(rgh), _ptr(d1 if rgh is not None else None),
-                                _ptr(gh if t2 is not None else None), _ptr(t2), out.data_ptr(), n, k, N)
+        _C.rop_epilogue_bwd_cpu(_DTYPES[ref.dtype], _ptr(rgh), _ptr(d1), _ptr(gh), _ptr(t2), out.data_ptr(), n, k, N)
     return out

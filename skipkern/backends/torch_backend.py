@@ -5,7 +5,9 @@ from typing import Sequence
 
 import torch
 
-from skipkern.reference import ACTIVATIONS, SKIPS, skip_linear_bwd_ref, skip_linear_ref
+from skipkern.ops.rop_epilogue_reference import rop_epilogue_bwd_ref, rop_epilogue_fwd_ref
+from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref, skip_linear_ref
+from skipkern.reference import ACTIVATIONS, SKIPS
 
 
 def available() -> tuple[bool, str]:
@@ -28,13 +30,5 @@ def skip_linear_bwd(grad_y, x, weight, z, q, skip: int, activation: int, has_bia
 
 
 # ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)
-def rop_epilogue_fwd(out, d1, d2, skip_in, hsum, c: float, t2_out=None):
-    """See skipkern.hessian.rop_reference.rop_epilogue_fwd_ref (imported here lazily: no import cycle)."""
-    from skipkern.hessian.rop_reference import rop_epilogue_fwd_ref
-    return rop_epilogue_fwd_ref(out, d1, d2, skip_in, hsum, c, t2_out)
-
-
-def rop_epilogue_bwd(rgh, d1, gh, t2, out=None):
-    """See skipkern.hessian.rop_reference.rop_epilogue_bwd_ref."""
-    from skipkern.hessian.rop_reference import rop_epilogue_bwd_ref
-    return rop_epilogue_bwd_ref(rgh, d1, gh, t2, out)
+rop_epilogue_fwd = rop_epilogue_fwd_ref
+rop_epilogue_bwd = rop_epilogue_bwd_ref

@@ -22,7 +22,7 @@ cache, one parameter snapshot) counts against ``memory_budget`` (skipkern.hessia
 FLOPs: 12 n K N per direction and layer (6 GEMMs), i.e. 2 gradients per direction, + 1 gradient
 per product (or none when cached). The elementwise passes on the [n, k, width] buffers (act', act''
 masks, identity skip and hyper-sum adds; R delta = R g act' + g act'' R z) are one pass each through the
-registry op "rop_epilogue" (cpp / triton kernels, torch reference in skipkern.hessian.rop_reference),
+op skipkern.ops.rop_epilogue (cpp / triton kernels, torch reference in skipkern.ops.rop_epilogue_reference),
 resolved once per product: ``epilogue_backend``, else SKIPKERN_BACKEND, else auto (cpp on CPU tensors,
 triton on CUDA, torch otherwise). The GEMMs are torch's.
 """
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from skipkern import backends
 from skipkern.hessian.fused_memory import PrimalCache, footprint, tensor_bytes
 from skipkern.nn.skip_mlp import SkipMLP
+from skipkern.ops import rop_epilogue
 from skipkern.reference import activation_grad_ref, activation_ref
 
 __all__ = ["FusedHVP", "supports", "loss_spec"]
@@ -115,7 +116,7 @@ class FusedHVP:
                              f"got {epilogue_backend!r}")
         self.model, self.names, self.dtype = model, list(names), dtype
         self.epilogue_backend = epilogue_backend
-        self._rop = None  # launcher module of the rop_epilogue backend, set per product by batch_hvp
+        self._rop = None  # backend of the rop_epilogue op, resolved once per product by batch_hvp
         self.spec, _ = loss_spec(loss_fn)
         slots = _param_slots(model)
         self.where = [slots[n] for n in self.names]
@@ -231,8 +232,7 @@ class FusedHVP:
         rows, room = self._plan(n, k, Vt.shape[1], memory_budget, layers)
         width = max(L["w"].shape[0] for L in layers)
         # One resolution per product (the registry logs once which backend ran).
-        self._rop = backends.launcher(backends.resolve("rop_epilogue", self.epilogue_backend, x.device,
-                                                       self.dtype, ((min(rows, n), k, width),)))
+        self._rop = rop_epilogue.resolve_backend(self.epilogue_backend, x.device, self.dtype, (min(rows, n), k, width))
         loss = 0.0
         for r0 in range(0, n, rows):
             loss += float(self._chunk(x[r0:r0 + rows], y[r0:r0 + rows], w_rows[r0:r0 + rows],
@@ -362,10 +362,10 @@ class FusedHVP:
                 T2.append(None)
                 continue
             # one pass: t2 = R z act''(z); R h_{l+1} = R z act'(z) + [R h_l] + c_l R hsum
-            T2.append(self._rop.rop_epilogue_fwd(
+            T2.append(rop_epilogue.rop_epilogue_fwd(
                 out, D1[l], D2[l], Rh if L["kind"] == "identity" else None,
                 Rhsum if L["c"] else None, float(L["c"]),
-                None if D2[l] is None else self._buf(f"t2_{l}", (n, k, N), x)))
+                None if D2[l] is None else self._buf(f"t2_{l}", (n, k, N), x), backend=self._rop))
             if L["kind"] == "dense" and Rh is not None:
                 _mm_into(out.view(n * k, N), Rh.view(n * k, K), L["q"].T, True)
             if L["p"] is not None and Rh is not None:
@@ -416,7 +416,7 @@ class FusedHVP:
             d1, t2, gh = D1[l - 1], T2[l - 1], GH[l]
             Rgz = None
             if Rgh is not None or t2 is not None:  # one pass
-                Rgz = self._rop.rop_epilogue_bwd(Rgh, d1, gh, t2, self._buf("rgz", (n, k, K), x))
+                Rgz = rop_epilogue.rop_epilogue_bwd(Rgh, d1, gh, t2, self._buf("rgz", (n, k, K), x), backend=self._rop)
             Rgh_next = Rgh
         return pr["loss"]
 

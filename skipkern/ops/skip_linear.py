@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from skipkern import backends
-from skipkern.reference import (ACTIVATIONS, SKIP_CODES, SKIPS, activation_code, skip_linear_bwd_ref,
-                                skip_linear_composite)
+from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref
+from skipkern.reference import ACTIVATIONS, SKIP_CODES, SKIPS, activation_code, skip_linear_composite
 
 __all__ = ["skip_linear", "normalize_skip"]
 
