@@ -31,14 +31,14 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Prediction", "Outcome", "Gate", "judge", "combine", "gate_condition", "welch_interval",
+__all__ = ["Prediction", "Outcome", "Gate", "judge", "judge_interval", "combine", "gate_condition", "welch_interval",
            "correlation_interval", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "INVALID", "VERDICTS", "LEVEL"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, INVALID = "reproduced", "not reproduced", "inconclusive", "invalid"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, INVALID)
 LEVEL = 0.95
 KINDS = ("greater", "less", "band")
-STATISTICS = ("welch", "spearman")
+STATISTICS = ("welch", "spearman", "interval")  # interval: effect + 95% interval from the recipe (judge_interval)
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,8 @@ class Prediction:
         """The decision rule in words (for the report)."""
         u = (lambda v: f"{v * 100:.3g} points") if self.pct else (lambda v: f"{v:.3g}")
         eff = f"{self.a} - {self.b}" if self.statistic == "welch" else f"r_s({self.a}, {self.b})"
+        if self.statistic == "interval":
+            eff = self.a if self.b in ("", "0") else f"{self.a} - {self.b}"
         if self.kind == "band":
             return (f"{eff} inside ±{u(self.smallest)}: reproduced if the 95% interval lies inside the band, "
                     f"not reproduced if it lies outside it")
@@ -264,6 +266,8 @@ def judge(pred: Prediction, values: Mapping[str, Sequence[float]], gates: Option
         bounds: {condition: (lower values, upper values)} certified per-run bounds ("welch" only): the
             interval then covers every value the bounds allow (module docstring).
     """
+    if pred.statistic == "interval":
+        raise ValueError(f"prediction {pred.key} has statistic 'interval': judge it with judge_interval")
     gates = gates or {}
     bad = [gates[c].reason for c in pred.gates if c in gates and not gates[c].ok]
     rule = pred.rule()
@@ -313,3 +317,21 @@ def combine(outcomes: Sequence[Outcome]) -> tuple:
     if all(v == REPRODUCED for v in vs):
         return REPRODUCED, ""
     return INCONCLUSIVE, ", ".join(o.key for o in outcomes if o.verdict == INCONCLUSIVE) + " inconclusive"
+
+
+def judge_interval(pred: Prediction, estimate: float, low: float, high: float, n: tuple, *, detail: str = "",
+                   invalid: Sequence[str] = ()) -> Outcome:
+    """Judge ``pred`` on an effect and its 95% interval computed by the recipe (a bootstrap interval of a
+    fitted slope, an exact enumeration whose interval is the point itself): the same two-sided rule as
+    ``judge``. ``n``: the sample sizes behind the interval; fewer than ``pred.seeds`` in the first makes
+    the outcome invalid, as do the reasons in ``invalid`` (failed sanity gates)."""
+    short = [f"{n[0]} < {pred.seeds} registered"] if n and n[0] < pred.seeds else []
+    bad = list(invalid) + short
+    if bad:
+        verdict, reason = INVALID, "; ".join(bad)
+    else:
+        verdict = _decide(pred, float(low), float(high))
+        reason = "" if verdict != INCONCLUSIVE else (
+            "no finite interval" if not (math.isfinite(low) and math.isfinite(high)) else "interval too wide")
+    return Outcome(pred.key, pred.text, verdict, reason, float(estimate), float(low), float(high), tuple(n),
+                   pred.rule(), detail, pred.pct)
