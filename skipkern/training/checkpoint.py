@@ -96,17 +96,20 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (expected {_EXPECTED})")
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # every torch archive starts with a zip entry
         raise ValueError(f"{path} is not a skipkern checkpoint: expected {_EXPECTED} (a torch zip archive), "
                          f"found {_what_is(path)}")
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
-        bad = str(e) or type(e).__name__
-    if bad is not None:
-        raise ValueError(f"{path} is truncated or corrupt (damaged entry: {bad}); expected {_EXPECTED} - "
-                         f"rerun the training that writes it")
+        why = None if bad is None else f"entry {bad} fails its checksum"
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
+        why = f"the zip archive cannot be read: {str(e) or type(e).__name__}"
+    if why is not None:
+        raise ValueError(f"{path} is truncated or corrupt ({why}); expected {_EXPECTED} - rerun the training "
+                         f"that writes it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol of foreign files
