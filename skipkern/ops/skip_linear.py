@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from skipkern import backends
+from skipkern.ops import _torch_compat as _compat
 from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref
 from skipkern.reference import ACTIVATIONS, SKIP_CODES, SKIPS, activation_code, skip_linear_composite
 
@@ -147,7 +148,8 @@ class _SkipLinearFn(torch.autograd.Function):
     def backward(ctx, grad_y, grad_z):
         # A vmapped backward (autograd.functional.hessian(vectorize=True), is_grads_batched) needs the
         # custom op, which functorch can loop over; a plain Function would see batched tensors.
-        batched = _in_functorch_transform() or any(t is not None and _is_transformed(t) for t in (grad_y, grad_z))
+        batched = _compat.in_functorch_transform(grad_y, grad_z) or any(
+            t is not None and _compat.is_transformed(t) for t in (grad_y, grad_z))
         return _fwd_backward(ctx, grad_y, grad_z, None if batched else _SkipLinearBwdFn.apply)
 
 
@@ -164,26 +166,10 @@ class _SkipLinearBwdFn(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------- public entry
-def _is_transformed(t: Tensor) -> bool:
-    """A functorch-wrapped or vmap-batched tensor (no plain storage for a kernel to read)."""
-    f = torch._C._functorch
-    return f.is_functorch_wrapped_tensor(t) or f.is_batchedtensor(t) or f.is_legacy_batchedtensor(t)
-
-
-def _in_functorch_transform() -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
+@_compat.assume_constant_result
 def _resolve(backend: str, device: torch.device, dtype: torch.dtype, x_shape: tuple, w_shape: tuple) -> str:
     # Backend choice is host-side Python (imports, env, warnings): torch.compile treats it as a constant.
     return backends.resolve("skip_linear", backend, device, dtype, (x_shape, w_shape))
-
-
-# What torch._dynamo.assume_constant_result does, set by hand: importing torch._dynamo here would add
-# about a second to every `import skipkern`.
-_resolve._dynamo_marked_constant = True
 
 
 def normalize_skip(skip: SkipArg) -> tuple[str, Optional[Tensor]]:
@@ -255,7 +241,7 @@ def skip_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, skip: 
     """
     kind, q = normalize_skip(skip)
     act = _check_inputs(x, weight, bias, kind, q, activation)
-    if _in_functorch_transform():
+    if _compat.in_functorch_transform(x, weight, bias, q):
         # Custom ops carry no torch.func (grad/vmap/jvp) rules: inside a transform run the same math as
         # plain differentiable torch ops. Logged once as backend "torch (torch.func composite)".
         backends.note_fallback("skip_linear", "torch.func transform active: plain-torch composite")
