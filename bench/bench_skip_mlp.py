@@ -57,6 +57,26 @@ STEP_PROVIDERS = {  # name: (model kind, TrainStep mode)
 GPU_ONLY = ("graph", "compile", "compiled")
 
 
+class RowSink(list):
+    """Result rows, rewritten to ``path`` (as {"env", "rows"}) after every row, so that a run stopped by its
+    timeout still leaves the rows it finished."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = None if path is None else Path(path)
+        self.env = env_info()
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self.path is not None:
+            self.path.write_text(json.dumps({"env": self.env, "rows": list(self)}, indent=1, default=str) + "\n")
+
+    def __iadd__(self, rows):
+        for r in rows:
+            self.append(r)
+        return self
+
+
 class EagerMLP(torch.nn.Module):
     """A SkipMLP's layers run as plain torch ops (F.linear = cuBLAS, eager activation and skip add): the
     torch-eager baseline. Shares the parameters of ``model``."""
@@ -100,13 +120,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def bench_step(shape_name: str, device: str, providers: list, smoke: bool, budget_s: float) -> list:
+def bench_step(shape_name: str, device: str, providers: list, smoke: bool, budget_s: float, rows: list) -> list:
     shape = (SMOKE_SHAPES if smoke else SHAPES)[shape_name]
     b = SMOKE_BATCH if smoke else BATCH
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, shape[0], generator=g).to(device)
     y = torch.randint(0, shape[3], (b,), generator=g).to(device)
-    rows, ref = [], None
+    ref = None
     for name in providers:
         kind, mode = STEP_PROVIDERS[name]
         row = dict(part="step", shape=shape_name, batch=b, provider=name)
@@ -131,12 +151,11 @@ def bench_step(shape_name: str, device: str, providers: list, smoke: bool, budge
     return rows
 
 
-def bench_mlp(shape_name: str, device: str, providers: list, smoke: bool, budget_s: float) -> list:
+def bench_mlp(shape_name: str, device: str, providers: list, smoke: bool, budget_s: float, rows: list) -> list:
     shape = (SMOKE_SHAPES if smoke else SHAPES)[shape_name]
     b = SMOKE_BATCH if smoke else BATCH
     x = torch.randn(b, shape[0], device=device)
     y = torch.randint(0, shape[3], (b,), device=device)
-    rows = []
     for name, kind in (("torch eager", "eager"), ("torch.compile", "compiled"), ("skipkern layers", "layers"),
                        ("skipkern mlp", "mlp")):
         if name not in providers:
@@ -161,7 +180,7 @@ def bench_mlp(shape_name: str, device: str, providers: list, smoke: bool, budget
     return rows
 
 
-def bench_layer(device: str, providers: list, smoke: bool, budget_s: float) -> list:
+def bench_layer(device: str, providers: list, smoke: bool, budget_s: float, rows: list) -> list:
     b, w = (SMOKE_BATCH, 16) if smoke else (BATCH, 128)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, w, generator=g).to(device).requires_grad_(True)
@@ -173,7 +192,6 @@ def bench_layer(device: str, providers: list, smoke: bool, budget_s: float) -> l
         fns["torch.compile"] = torch.compile(lambda: skip_linear_composite(x, wt, bias, "identity", "relu"))
     for be in ("cuda", "triton", "cpp"):
         fns[f"skipkern {be}"] = (lambda be=be: skip_linear(x, wt, bias, "identity", "relu", backend=be))
-    rows = []
     for name, f in fns.items():
         if name not in providers and not (name.startswith("skipkern") and "skipkern layers" in providers):
             continue
@@ -210,21 +228,19 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown providers {unknown}; choose from {list(STEP_PROVIDERS)}")
     shapes = list(SHAPES) if args.shape == "both" else [args.shape]
-    rows = []
+    rows = RowSink(args.json)
     for part in (("step", "mlp", "layer") if args.part == "all" else (args.part,)):
         if part == "layer":
-            rows += bench_layer(device, providers, args.smoke, args.budget)
+            bench_layer(device, providers, args.smoke, args.budget, rows)
             continue
         for s in shapes:
             fn = bench_step if part == "step" else bench_mlp
-            rows += fn(s, device, providers, args.smoke, args.budget)
+            fn(s, device, providers, args.smoke, args.budget, rows)
     cols = [("part", "part", "s"), ("shape", "shape", "s"), ("provider", "provider", "s"),
             ("median_ms", "median ms", ".4f"), ("rel_err_loss", "rel err", ".1e"), ("status", "status", "s")]
     print(format_table([dict(r, status=str(r.get("status", ""))[:70]) for r in rows], cols))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env_info(), "rows": rows}, indent=1, default=str) + "\n")
-    else:
-        print("wrote", write_results("skip_mlp", rows, {"smoke": args.smoke}))
+    if not args.json:
+        print("wrote", write_results("skip_mlp", list(rows), {"smoke": args.smoke}))
     return 0
 
 

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from skipkern.ops.skip_mlp import _in_functorch_transform, resolve, skip_mlp_fwd
+from skipkern.ops._torch_compat import in_functorch_transform
+from skipkern.ops.skip_mlp import resolve, skip_mlp_fwd
 from skipkern.reference import SKIP_CODES, activation_code
 
 log = logging.getLogger("skipkern")
@@ -57,11 +58,11 @@ def mlp_tensors(model, specs: list, device: torch.device, dtype: torch.dtype) ->
                 w_out=last["weight"], b_out=last["bias"])
 
 
-def _why_not(model, specs: list) -> Optional[str]:
+def _why_not(model, specs: list, x: Tensor) -> Optional[str]:
     """Why the whole-MLP op cannot express this net (None if it can)."""
     if any(s["norm"] is not None for s in specs):
         return "BatchNorm layers (batchnorm_layers) are not fused"
-    if _in_functorch_transform():
+    if in_functorch_transform(x, specs[0]["weight"]):
         return "torch.func transform active (custom ops have no functorch rules)"
     hidden, first, last = specs[1:-1], specs[0], specs[-1]
     if (first["skip"] != "none" or last["skip"] != "none" or last["activation"] != "identity"
@@ -77,7 +78,7 @@ def fused_forward(model, x: Tensor, return_hidden: bool = False):
         logits [B, out_features], or (logits, [h_1 .. h_depth] each [B, width]) with return_hidden.
     """
     specs = model.layer_specs()
-    why = _why_not(model, specs)
+    why = _why_not(model, specs, x)
     name = None
     if why is None:
         name, why = resolve(model.layers[0].backend, x.device, x.dtype, model.width)

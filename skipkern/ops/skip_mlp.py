@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from skipkern.ops._torch_compat import in_functorch_transform
 from skipkern.ops.skip_mlp_reference import skip_mlp_bwd_ref, skip_mlp_ref
 from skipkern.reference import ACTIVATIONS, SKIP_CODES, SKIPS, activation_code
 
@@ -209,10 +210,6 @@ def check_fused(fused: Optional[str]) -> Optional[str]:
     return fused
 
 
-def _in_functorch_transform() -> bool:
-    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
-
-
 def skip_mlp(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w: Tensor, b: Optional[Tensor], q: Optional[Tensor],
              p: Optional[Tensor], c: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor], skip: str = "identity",
              activation: str = "relu", backend: str = "auto", precision: str = "auto") -> tuple[Tensor, Tensor]:
@@ -239,7 +236,7 @@ def skip_mlp(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w: Tensor, b: Opti
     name, why = resolve(backend, x.device, x.dtype, w_in.shape[0])
     if name is None:
         raise RuntimeError(f"skip_mlp cannot run with backend={backend!r} here: {why}")
-    if _in_functorch_transform():  # custom ops carry no torch.func rules: the same math in plain torch
+    if in_functorch_transform(x, w_in, w, w_out):  # custom ops carry no torch.func rules: plain torch
         out, H, _ = skip_mlp_ref(x, w_in, b_in, w, b, q, p, c, w_out, b_out, skip, activation)
         return out, H
     out, H, _ = skip_mlp_fwd(x, w_in, b_in, w, b, q, p, c, w_out, b_out, SKIP_CODES[skip], act, name, precision)
