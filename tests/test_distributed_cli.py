@@ -8,6 +8,7 @@ fails on every rank in one line instead of hanging. Every launch is bounded by a
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,6 +56,21 @@ def _runs(out: Path) -> list:
     return json.loads((out / "malicious" / "results.json").read_text())["runs"]
 
 
+# Wall-clock fields differ between any two runs; fractions of eigenvalues beyond a threshold are step
+# functions of the Ritz values (a value within float32 noise of the threshold may cross it), so of the
+# spectra the continuous numbers (e.g. the spectral scale) are compared here, and the Ritz values
+# themselves in test_spectrum_under_torchrun_uneven_shards.
+_NOT_COMPARED = ("time", "elapsed", "fraction")
+
+
+def _numbers(row: dict) -> dict:
+    """The row's numbers (strict-JSON "nan"/"inf" strings restored), minus wall-clock fields."""
+    from skipkern.diagnostics import from_json_safe
+    row = from_json_safe(row)
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not any(n in k for n in _NOT_COMPARED)}
+
+
 def test_repro_under_torchrun_matches_one_process(repro_runs):
     root, proc = repro_runs
     res = json.loads((root / "dist" / "malicious" / "results.json").read_text())
@@ -63,15 +79,20 @@ def test_repro_under_torchrun_matches_one_process(repro_runs):
     assert proc.stdout.count("report:") == 1, proc.stdout
     assert proc.stderr.count("[1/1] malicious") == 1, proc.stderr
     assert (root / "dist" / "report.md").is_file() and (root / "dist" / "malicious" / "malicious.csv").is_file()
-    assert not list((root / "dist").rglob("*.tmp"))
+    assert not list((root / "dist").rglob("*.tmp")) and not list((root / "dist").rglob(".skipkern.lock"))
     dist, single = _runs(root / "dist"), _runs(root / "single")
     assert [(r["condition"], r["seed"]) for r in dist] == [(r["condition"], r["seed"]) for r in single]
     assert len(dist) == 6
     for d, s in zip(dist, single):
-        # DDP's gradient is the exact global batch mean: only float32 summation order differs
+        # DDP's gradient is the exact global batch mean: only float32 summation order differs. Every
+        # number either row holds is compared (a run may legitimately hold NaN, e.g. a spectrum summary a
+        # run did not compute: then both must), so no key's presence is left to chance.
+        dn, sn = _numbers(d), _numbers(s)
+        assert dn.keys() == sn.keys(), d["condition"]
         assert d["final_train_acc"] == s["final_train_acc"] and d["final_test_acc"] == s["final_test_acc"]
-        for key in ("final_train_loss", "final_test_loss", "mean_spectral_scale", "mean_fraction_negative_rel"):
-            assert d[key] == pytest.approx(s[key], rel=1e-5, abs=1e-6), (d["condition"], key)
+        for key in dn:
+            if not (math.isnan(dn[key]) and math.isnan(sn[key])):
+                assert dn[key] == pytest.approx(sn[key], rel=1e-5, abs=1e-6), (d["condition"], key)
         assert not d["cached"]
         assert (Path(d["folder"]) / "checkpoint.pt").is_file() and (Path(d["folder"]) / "record.json").is_file()
 
@@ -113,7 +134,7 @@ def test_bad_output_folder_fails_on_every_rank(tmp_path):
     assert p.returncode != 0
     for r in (0, 1):
         assert f"skipkern: error (rank {r} of 2): cannot write to the output folder" in p.stderr, p.stderr
-    assert "skipkern/cli.py" not in p.stderr  # one-line errors, no skipkern traceback (torchrun adds its own)
+    assert "skipkern/cli/" not in p.stderr  # one-line errors, no skipkern traceback (torchrun adds its own)
 
 
 class _Recipe:
@@ -137,11 +158,11 @@ class _Recipe:
 def _recipes_ranks(rank, world, out):
     from argparse import Namespace
 
-    from skipkern.cli import _run_recipes
+    from skipkern.cli.repro import run_recipes
     from skipkern.experiments import Context
     ctx = Context(out=out, mode="tiny", progress=False)
     recipes = [_Recipe("first", fail_on=(0,)), _Recipe("second")]
-    timings, failed, _ = _run_recipes(Namespace(debug=False), ctx, recipes, "tiny", {})
+    timings, failed, _ = run_recipes(Namespace(debug=False), ctx, recipes, "tiny", {})
     return {"failed": failed, "ran": sorted(timings)}
 
 
@@ -174,7 +195,8 @@ def test_train_and_diagnose_under_torchrun(tmp_path):
 
 def _on_every_rank_ranks(rank, world):
     from skipkern import distributed as sd
-    from skipkern.cli import CLIError, on_every_rank
+    from skipkern.cli.common import CLIError
+    from skipkern.cli.dist import on_every_rank
 
     def load():
         if rank == 1:

@@ -51,9 +51,16 @@ def _train_ranks(rank, world, tmp):
     model = _model(seed=rank)  # different initial weights: DDP broadcasts rank 0's at construction
     res = train(model, data, _cfg(2), out_dir=f"{tmp}/straight")
     first = train(_model(seed=rank), data, _cfg(1), out_dir=f"{tmp}/resumed")
-    resumed_model = _model(seed=20 + rank)
+    # rank 0's initial weights define the run (its identity); the other ranks' differ, and get the state
+    # from the checkpoint rank 0 reads and broadcasts
+    resumed_model = _model(seed=0 if rank == 0 else 20 + rank)
     resumed = train(resumed_model, data, _cfg(2), out_dir=f"{tmp}/resumed")
-    return {"params": [p.detach().clone() for p in model.parameters()],
+    try:  # another run (other initial weights on rank 0) is refused on every rank alike
+        train(_model(seed=99), data, _cfg(3), out_dir=f"{tmp}/resumed")
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    return {"refused": refused,"params": [p.detach().clone() for p in model.parameters()],
             "resumed_params": [p.detach().clone() for p in resumed_model.parameters()],
             "history": _strip(res.history), "resumed_history": _strip(resumed.history),
             "first_len": len(first.history)}
@@ -72,6 +79,7 @@ def test_ddp_training_matches_contract_and_single_process(tmp_path):
     for p, q in zip(a["params"], a["resumed_params"]):
         assert torch.equal(p, q)
     assert a["resumed_history"] == a["history"]
+    assert a["refused"] == b["refused"] and "initial weights" in a["refused"]
     # only rank 0 wrote, once per record
     assert len(read_metrics(tmp_path / "straight")) == 3
     assert [p.name for p in (tmp_path / "straight" / "spectra").iterdir()] == ["epoch_0002.json"]
@@ -112,3 +120,21 @@ def test_train_frees_its_ddp_wrapper():
     # DDP's constructor leaves a reference cycle holding the process group; a gloo group alive at
     # interpreter exit aborted 3 of 30 `torchrun ... skipkern train` runs after their work was done.
     assert run_ranks(_ddp_freed_ranks, 2, timeout=120) == [0, 0]
+
+
+def _lock_ranks(rank, world, folder):
+    import os
+
+    from skipkern import distributed as sd
+    from skipkern.cli.outputs import hold_output
+    from skipkern.runlock import read_owner
+    with hold_output(folder, "training run"):
+        pid = sd.broadcast_object(os.getpid(), sd.resolve_group("default"))  # rank 0's pid; also a barrier
+        return {"owner": read_owner(folder)["pid"], "rank0_pid": pid}
+
+
+def test_only_rank_0_holds_the_folder_lock(tmp_path):
+    """Every rank enters the block (no rank is refused by another's lock) and the lock names rank 0."""
+    outs = run_ranks(_lock_ranks, 2, str(tmp_path / "out"), timeout=120)
+    assert all(o["owner"] == o["rank0_pid"] for o in outs)
+    assert not (tmp_path / "out").exists()  # released, and the folder it made was left empty: removed
