@@ -243,3 +243,58 @@ def test_opcheck(km, device, backend):
         t[k].requires_grad_(True)
     torch.library.opcheck(ops.skip_mlp_fwd, ([t[k] for k in ORDER] + [1, 0, backend, "auto"]),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+_COMPILE_FOR_SM90 = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from skipkern.kernels import rop_layer as rl, skip_mlp as km
+from skipkern.reference import ACTIVATION_CODES as AC, SKIP_CODES as SK
+assert not km.INTERPRET
+
+
+def comp(kern, c, dt):
+    sig = {a: "constexpr" if a in c else ("*" + ("fp32" if a == "c_ptr" else dt) if a.endswith("_ptr") else "i32")
+           for a in kern.arg_names}
+    out = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=4, num_stages=2))
+    assert "mma" in out.asm["ptx"], kern  # tensor-core dots
+    assert out.metadata.shared <= 227 * 1024, (kern, c, out.metadata.shared)  # fits an H100/H200 block
+
+
+for dt, prec, wp, bn, skip, hyper in [("fp32", "tf32", 128, 128, "identity", False),
+                                      ("bf16", "ieee", 256, 64, "dense", True)]:
+    c = dict(ACTIVATION=AC["relu"], SKIP=SK[skip], HYPER=hyper, DOT_PRECISION=prec, WIDTH_P=wp, BLOCK_SIZE_M=16,
+             BLOCK_SIZE_N=bn, BLOCK_SIZE_K=32)
+    comp(km._skip_mlp_fwd_kernel, dict(c, HAS_BIAS=True), dt)
+    comp(km._skip_mlp_bwd_kernel, dict(c, NEEDS_DX=True), dt)
+comp(km._skip_mlp_dw_kernel, dict(HAS_BIAS=True, DOT_PRECISION="tf32", BLOCK_SIZE_M=32, BLOCK_SIZE_N=64,
+                                  BLOCK_SIZE_K=64), "fp32")
+blocks = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=32)
+comp(rl._rop_layer_fwd_kernel, dict(HAS_DIR=True, HAS_RH=True, EPILOGUE=True, SKIP_IDENTITY=True, PRODUCTS="tf32",
+                                    **blocks), "fp32")
+comp(rl._rop_layer_bwd_kernel, dict(HAS_RGZ=True, HAS_DIR=True, SKIP_IDENTITY=True, STORE_RGH=True, PRODUCTS="bf16",
+                                    **blocks), "fp32")
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="GPU present: the other tests compile and run the kernels")
+def test_kernels_compile_for_sm90(km):
+    """The interpreter never runs Triton's compiler: compile the whole-MLP and R-layer kernels to sm_90 cubins
+    (ptxas ships with triton) in a subprocess without TRITON_INTERPRET, with tensor-core dots and shared
+    memory within a Hopper block's 227 KB, so GPU-only errors cannot land."""
+    import os
+    import subprocess
+    import sys
+
+    import triton.backends
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("triton has no NVIDIA backend on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    res = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
