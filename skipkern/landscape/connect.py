@@ -97,21 +97,25 @@ def _refine(path: Path, ev: LossEvaluator, split: Split, grid: np.ndarray, vals:
 
 def fit_bezier(path: BezierPath, ev: LossEvaluator, split: Split, *, steps: int, lr: float,
                batch_size: Optional[int] = None, seed: int = 0, train_mode: bool = False, optimizer: str = "adam",
-               progress: bool = False, desc: str = "bezier") -> list:
+               lr_decay: str = "cosine", progress: bool = False, desc: str = "bezier") -> list:
     """Train the control points of ``path`` in place (Garipov et al. 2018): minimise the sum over
     pairs of L(phi_k(t_k)) with t_k ~ U(0, 1) redrawn every step, on mini-batches of ``batch_size``
     samples (None: the whole split), with Adam (default) or SGD with momentum 0.9 (``optimizer``;
     Garipov et al. use SGD; Adam needs no tuning to the loss scale but random-walks where the loss is
-    flat to rounding, e.g. along a valley of exact minima). Returns the per-step loss, averaged over pairs."""
+    flat to rounding, e.g. along a valley of exact minima). ``lr_decay``: "cosine" (to 0 at the last
+    step, so a fixed budget ends converged) or "none". Returns the per-step loss, averaged over pairs."""
     if isinstance(steps, bool) or int(steps) < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if lr_decay not in ("cosine", "none"):
+        raise ValueError(f"lr_decay must be 'cosine' or 'none', got {lr_decay!r}")
     x, y = split
     n = x.shape[0]
     g = torch.Generator().manual_seed(int(seed))
     opt = (torch.optim.Adam([path.controls], lr=float(lr)) if optimizer == "adam"
            else torch.optim.SGD([path.controls], lr=float(lr), momentum=0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(int(steps), 1)) if lr_decay == "cosine" else None
     bs = n if batch_size is None else min(int(batch_size), n)
     history = []
     for _ in tqdm(range(int(steps)), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
@@ -125,6 +129,8 @@ def fit_bezier(path: BezierPath, ev: LossEvaluator, split: Split, *, steps: int,
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # pairs are independent: the sum gives each its own gradient
         opt.step()
+        if sched is not None:
+            sched.step()
         history.append(float(loss.detach().mean()))
     path.controls.requires_grad_(False)
     return history
@@ -192,7 +198,7 @@ def connect_many(models_a: Sequence[nn.Module], models_b: Sequence[nn.Module], l
                  data: Union[Split, Mapping[str, Split]], *, method: str = "linear", test_data: Optional[Split] = None,
                  num_points: int = 21, refine: int = 20, batch_size: Optional[int] = None, steps: int = 500,
                  lr: float = 1e-2, bends: int = 1, train_batch: Optional[int] = None, train_mode: Optional[bool] = None,
-                 optimizer: str = "adam", seed: int = 0, progress: bool = False, neb: Optional[dict] = None) -> list:
+                 optimizer: str = "adam", lr_decay: str = "cosine", seed: int = 0, progress: bool = False, neb: Optional[dict] = None) -> list:
     """``connect`` for K pairs (models_a[k], models_b[k]) of one architecture, evaluated and (for
     "bezier") trained together in batched forward passes. Returns K ``PathResult``."""
     _check_method(method)
@@ -216,9 +222,9 @@ def connect_many(models_a: Sequence[nn.Module], models_b: Sequence[nn.Module], l
     if method == "bezier":
         path = BezierPath(a, b, bends)
         hist = fit_bezier(path, ev, splits["train"], steps=steps, lr=lr, batch_size=train_batch, seed=seed,
-                          train_mode=tm, optimizer=optimizer, progress=progress)
+                          train_mode=tm, optimizer=optimizer, lr_decay=lr_decay, progress=progress)
         settings.update(steps=int(steps), lr=float(lr), bends=int(bends), train_batch=train_batch, seed=int(seed),
-                        train_mode=tm, optimizer=optimizer)
+                        train_mode=tm, optimizer=optimizer, lr_decay=lr_decay)
         return _results(path, ev, splits, settings, [hist for _ in models_a], layout, models_a[0])
     from skipkern.landscape.neb import fit_autoneb
     opts = dict(neb or {})
@@ -273,9 +279,9 @@ def connect(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable, data: Uni
         num_points: grid of t in [0, 1] (default 21). refine: golden-section iterations around the grid
             maximum (0: grid only).
         batch_size: evaluation chunk size (None: whole split).
-        steps, lr, bends, train_batch, optimizer, seed: Bezier training (default Adam, 500 steps at lr
-            1e-2 on the whole training split; bends = 1 is the quadratic curve; see ``fit_bezier``) and
-            AutoNEB's mini-batches.
+        steps, lr, bends, train_batch, optimizer, lr_decay, seed: Bezier training (default Adam, 500
+            steps at lr 1e-2 with cosine decay on the whole training split; bends = 1 is the quadratic
+            curve; see ``fit_bezier``) and AutoNEB's mini-batches.
         train_mode: module mode while fitting curves (default: train mode only with BatchNorm).
         neb: AutoNEB options (see ``skipkern.landscape.neb.fit_autoneb``).
         progress: tqdm bar for curve fitting.
