@@ -174,7 +174,9 @@ def write_outputs(ctx: Context, name: str, cfg: dict, seeds: list, records: Mapp
               "runs": rows, "findings": [f.to_dict() for f in findings], "figures": figures,
               "elapsed_s": time.perf_counter() - t0,
               "train_time_s": float(sum(r.get("elapsed_s") or 0.0 for recs in records.values() for r in recs
-                                        if not r.get("cached")))}
+                                        if not r.get("cached"))),
+              # every run's training time as measured when it was trained (cached runs included)
+              "runs_compute_s": float(sum(r.get("elapsed_s") or 0.0 for recs in records.values() for r in recs))}
     if extra:
         result.update(extra)
     write_json(out / "results.json", result)
