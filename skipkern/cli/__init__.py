@@ -18,7 +18,7 @@ traceback. Ctrl-C, even during start-up, prints one line and exits with status 1
 
 Modules: ``parser`` (flags and value checks), ``app`` (dispatch, error lines), one module per command
 (``repro``, ``train``, ``spectrum``, ``diagnose``, ``tools``), ``outputs`` (folder ownership),
-``overrides`` (``repro --set``), ``context``/``loading`` (data and checkpoints), ``dist`` (torchrun).
+``overrides`` (``repro --set``), ``inputs`` (data and checkpoints), ``dist`` (torchrun).
 This module imports nothing heavy: the console script imports it before any Ctrl-C guard exists.
 """
 from __future__ import annotations

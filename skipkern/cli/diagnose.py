@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from skipkern.cli.common import first_seed
-from skipkern.cli.context import check_data
-from skipkern.cli.loading import first_samples, load_run
+from skipkern.cli.inputs import check_data, first_samples, load_run
 from skipkern.cli.outputs import beside_checkpoint, hold_output
 
 __all__ = ["cmd_diagnose"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import NoReturn, Optional
 
 from skipkern.cli.common import EXIT_USAGE, CLIError, one_line
 
@@ -200,7 +200,3 @@ def parse_epochs(text: str, flag: str) -> tuple:
     if any(e < 0 for e in epochs):
         raise CLIError(f"{flag} must list epochs >= 0, got {text!r}")
     return epochs
-
-
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    return build_parser().parse_args(argv)

@@ -5,7 +5,7 @@ import sys
 import time
 
 from skipkern.cli.common import CLIError, one_line, say
-from skipkern.cli.context import check_data, make_context
+from skipkern.cli.inputs import check_data, make_context
 from skipkern.cli.dist import on_every_rank
 from skipkern.cli.outputs import hold_output
 from skipkern.cli.overrides import check_overrides, parse_set

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from skipkern.cli.common import first_seed
 from skipkern.cli.dist import on_every_rank
-from skipkern.cli.loading import first_samples, load_run
+from skipkern.cli.inputs import first_samples, load_run
 from skipkern.cli.outputs import beside_checkpoint, hold_output
 
 __all__ = ["cmd_spectrum", "RESULT_FILES"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from skipkern.cli.common import CLIError, first_seed, say
-from skipkern.cli.context import check_data, make_context
+from skipkern.cli.inputs import check_data, make_context
 from skipkern.cli.dist import on_every_rank
 from skipkern.cli.outputs import hold_output
 from skipkern.cli.parser import parse_epochs
