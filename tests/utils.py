@@ -11,7 +11,7 @@ import torch
 import skipkern
 
 # One row per dtype: (rtol, atol, why). Results are compared with a float64 reference computed from the
-# same (rounded) inputs. A sum over many terms (dW, db over the batch) widens atol by max(1, terms / 16):
+# same (rounded) inputs. A sum over the batch (dW, db; B up to 4096) widens atol by max(1, terms / 16):
 # its rounding error grows with the number of terms while the entries stay O(1).
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10, "float64 accumulation; only the summation order differs"),
@@ -82,3 +82,50 @@ def skip_linear_inputs(b: int, k: int, n: int, skip: str, bias: bool = True, see
     bb = r(n) if bias else None
     q = r(n, k) * s if skip == "dense" else None
     return x, w, bb, q, r(b, n)
+
+
+def launcher_params() -> list:
+    """(backend, device) pairs whose skip_linear launchers are tested: every CPU backend, the cuda backend
+    (skipped without a GPU, or failing under SKIPKERN_REQUIRE=cuda), triton on the GPU when there is one
+    and else in the CPU interpreter, and the torch reference on the GPU too when there is one."""
+    gpu = torch.cuda.is_available()
+    pairs = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cuda" if gpu else "cpu"), ("cuda", "cuda")]
+    pairs += [("torch", "cuda")] if gpu else []
+    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in pairs]
+
+
+def compare_skip_linear_launcher(mod, device: str, dtype: torch.dtype, b: int, k: int, n: int, skip: str,
+                                 act: str, bias: bool = True, seed: int = 0, **launch) -> None:
+    """A backend's skip_linear launchers on fresh inputs (skip_linear_inputs, cast to dtype and device)
+    against the float64 reference; see check_skip_linear_launcher."""
+    x, w, bb, q, gy = (cast(t, dtype, device) for t in skip_linear_inputs(b, k, n, skip, bias, seed))
+    check_skip_linear_launcher(mod, x, w, bb, q, gy, skip, act, **launch)
+
+
+def check_skip_linear_launcher(mod, x: torch.Tensor, w: torch.Tensor, bb: Optional[torch.Tensor],
+                               q: Optional[torch.Tensor], gy: torch.Tensor, skip: str, act: str, **launch) -> None:
+    """Launchers ``mod.skip_linear_fwd / _bwd`` on these tensors (any strides the backend takes) against the
+    float64 reference on the same values: forward (y, z), then the backward at the reference's z rounded
+    to the dtype (so relu's mask is the same on both sides): dx, dW, db. ``launch``: extra launcher
+    arguments (Triton's blocks / split)."""
+    from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref, skip_linear_ref
+    from skipkern.reference import ACTIVATION_CODES, SKIP_CODES
+
+    dtype, (b, k), n, has_bias = x.dtype, x.shape, w.shape[0], bb is not None
+    f64 = lambda t: None if t is None else t.double()  # noqa: E731
+    sk, ac = SKIP_CODES[skip], ACTIVATION_CODES[act]
+    what = f"{dtype} B={b} K={k} N={n} skip={skip} act={act} bias={has_bias}"
+    y, z = mod.skip_linear_fwd(x, w, bb, q, sk, ac, **{k_: v for k_, v in launch.items() if k_ == "blocks"})
+    y_ref, z_ref = skip_linear_ref(f64(x), f64(w), f64(bb), f64(q), skip, act)
+    assert y.dtype == dtype and y.shape == (b, n) and z.shape == (b, n) and y.is_contiguous(), what
+    assert_close(z, z_ref, dtype, f"z {what}")
+    assert_close(y, y_ref, dtype, f"y {what}")
+    z_in = z_ref.to(dtype)
+    got = mod.skip_linear_bwd(gy, x, w, z_in, q, sk, ac, has_bias, **launch)
+    ref = skip_linear_bwd_ref(f64(gy), f64(x), f64(w), f64(z_in), f64(q), skip, act, has_bias)
+    for name, a, r, terms in zip(("dx", "dW", "db"), got, ref, (1, b, b)):  # dW, db: sums over the batch
+        if r is None:
+            assert a is None, f"{name} should be None without a bias ({what})"
+        else:
+            assert a.dtype == dtype, what
+            assert_close(a, r, dtype, f"{name} {what}", terms=terms)
