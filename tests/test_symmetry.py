@@ -80,3 +80,32 @@ def test_losses_and_errors():
     with pytest.raises(ValueError, match="2\\^24"):
         BinaryToy(4, (4, 4))
     assert math.log2(BinaryToy(3, (3, 3)).num_configs) == 21
+
+
+@pytest.mark.parametrize("skips", ["plain", "adjacent", "dense"])
+def test_labellings_of_one_orbit_share_one_landscape(skips):
+    # the input cube's symmetries (and y -> -y) map every version onto itself when the widths equal d
+    from skipkern.landscape.binary_toy import label_orbits
+    toy = BinaryToy(2, (2, 2), skips, "sign")
+    inv, _, table = toy.functions()
+    orbits = label_orbits(2)
+    assert [w for _, w in orbits] == [8, 4, 2] and sum(w for _, w in orbits) == 2 ** 4 - 2
+    seen = {}
+    for code in range(1, 15):
+        y = torch.tensor([1.0 if (code >> i) & 1 else -1.0 for i in range(4)], dtype=torch.float64)
+        lm = toy.local_minima(BinaryToy.loss(table, y)[inv])
+        key = (int(lm["weak"].sum()), int(lm["global"].sum()), lm["min"])
+        orbit = next(i for i, (r, _) in enumerate(orbits) if _same_orbit(r, y))
+        assert seen.setdefault(orbit, key) == key
+
+
+def _same_orbit(a, b):
+    import itertools
+    pts = list(itertools.product((-1, 1), repeat=2))
+    idx = {p: i for i, p in enumerate(pts)}
+    for perm in itertools.permutations(range(2)):
+        for neg in itertools.product((-1, 1), repeat=2):
+            img = torch.stack([b[idx[tuple(neg[k] * p[perm[k]] for k in range(2))]] for p in pts])
+            if torch.equal(img, a) or torch.equal(-img, a):
+                return True
+    return False

@@ -32,6 +32,7 @@ __all__ = ["NEIGHBOUR_PREDICTIONS", "prediction"]
 PAIRS = 5      # independent pairs of solutions per width (connectivity)
 NETS = 20      # independently trained nets per setting (bad-minimum depths)
 TEACHERS = 10  # teacher tasks of the binary toy
+TOY, DEEP = "symmetry (binary toy)", "symmetry (deep nets)"  # the result names of the symmetry findings
 
 NEIGHBOUR_PREDICTIONS = [
     # connectivity (Wang et al.): judged once per input dimension n; bootstrap intervals over pairs / nets
@@ -48,23 +49,23 @@ NEIGHBOUR_PREDICTIONS = [
                "than at the largest (slope difference)", "interval", "slope[skip, smallest n]",
                "slope[skip, largest n]", "less", 0.1, "d log10 barrier / d log10 m", PAIRS, gated=()),
     # symmetry (Orhan 2017): binary toy, exact enumeration
-    Prediction("S1", "symmetry", "adjacent-layer skips make more configurations distinct: more distinct functions "
+    Prediction("S1", TOY, "adjacent-layer skips make more configurations distinct: more distinct functions "
                "than plain (log2 count)", "interval", "log2 functions[adjacent]", "log2 functions[plain]", "greater",
                1.0, "bits", 1, gated=()),
-    Prediction("S2", "symmetry", "DenseNet-style skips make still more configurations distinct than adjacent skips "
+    Prediction("S2", TOY, "DenseNet-style skips make still more configurations distinct than adjacent skips "
                "(log2 count)", "interval", "log2 functions[dense]", "log2 functions[adjacent]", "greater", 1.0,
                "bits", 1, gated=()),
-    Prediction("S3", "symmetry", "skips shrink the class of configurations computing a random configuration's "
+    Prediction("S3", TOY, "skips shrink the class of configurations computing a random configuration's "
                "function (log2 of the size-weighted mean class size, plain minus adjacent)", "interval",
                "log2 class size[plain]", "log2 class size[adjacent]", "greater", 1.0, "bits", 1, gated=()),
-    Prediction("S4", "symmetry", "skips leave fewer local minima under single-weight flips (log10 of the fraction "
+    Prediction("S4", TOY, "skips leave fewer local minima under single-weight flips (log10 of the fraction "
                "of configurations, plain minus adjacent, mean over teacher tasks)", "interval",
                "log10 local-min fraction[plain]", "log10 local-min fraction[adjacent]", "greater", 0.1, "decades",
                TEACHERS, gated=()),
     # symmetry, deep nets: a non-skip symmetry breaker helps too (per init family)
-    Prediction("S5", "symmetry", "BiasReg (fixed random per-unit bias targets, no skip) trains better than plain",
+    Prediction("S5", DEEP, "BiasReg (fixed random per-unit bias targets, no skip) trains better than plain",
                "welch", "biasreg", "plain", "greater", ACC, "final_train_acc", SEEDS, pct=True, ceiling=CEILING),
-    Prediction("S6", "symmetry", "residual skips train better than plain (the skip side of the same comparison)",
+    Prediction("S6", DEEP, "residual skips train better than plain (the skip side of the same comparison)",
                "welch", "residual", "plain", "greater", ACC, "final_train_acc", SEEDS, pct=True, ceiling=CEILING),
     # depth (Oyedotun et al.): per init family, after training, at the largest depth
     Prediction("D1", "depth", "at the largest depth, plain nets' last hidden representation is worse conditioned "

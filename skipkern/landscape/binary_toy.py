@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["BinaryToy", "SKIPS", "ACTIVATIONS", "LOSSES"]
+__all__ = ["BinaryToy", "SKIPS", "ACTIVATIONS", "LOSSES", "label_orbits", "class_size_stats", "class_size_histogram"]
 
 SKIPS = ("plain", "adjacent", "dense")
 ACTIVATIONS = ("sign", "relu", "tanh")
@@ -191,6 +191,38 @@ class BinaryToy:
             strict &= nb > level
         lo = float(losses.min())
         return {"weak": weak, "strict": strict, "global": level == 0, "min": lo}
+
+
+def label_orbits(input_dim: int) -> list:
+    """All non-constant labellings y in {-1, +1}^(2^d) of the input cube, grouped into orbits under the
+    cube's symmetries (permutations and sign flips of the inputs) and the flip y -> -y.
+
+    For an odd activation and hidden widths equal to d, each of these maps a configuration to another
+    of the same version computing the transformed function (W_l -> D P W_l P^T D, the skips commuting
+    with D P), so all labellings of one orbit give the same landscape. Returns [(representative labels
+    [X] float64, orbit size)], sizes summing to 2^(2^d) - 2."""
+    d = int(input_dim)
+    if not 1 <= d <= 4:
+        raise ValueError(f"input_dim must be 1..4 for the orbit enumeration (2^(2^d) labellings), got {d}")
+    pts = list(itertools.product((-1, 1), repeat=d))
+    index = {p: i for i, p in enumerate(pts)}
+    maps = []
+    for perm in itertools.permutations(range(d)):
+        for neg in itertools.product((-1, 1), repeat=d):
+            maps.append([index[tuple(neg[k] * p[perm[k]] for k in range(d))] for p in pts])
+    seen, out = set(), []
+    for code in range(1, 2 ** len(pts) - 1):
+        y = tuple(1 if (code >> i) & 1 else -1 for i in range(len(pts)))
+        if y in seen:
+            continue
+        orbit = set()
+        for mp in maps:
+            img = tuple(y[mp[i]] for i in range(len(pts)))
+            orbit.add(img)
+            orbit.add(tuple(-v for v in img))
+        seen |= orbit
+        out.append((torch.tensor(min(orbit), dtype=torch.float64), len(orbit)))
+    return out
 
 
 def _unique_first(code: torch.Tensor) -> tuple:
