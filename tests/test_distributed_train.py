@@ -128,9 +128,12 @@ def _lock_ranks(rank, world, folder):
     from skipkern import distributed as sd
     from skipkern.cli.outputs import hold_output
     from skipkern.runlock import read_owner
+    group = sd.resolve_group("default")
     with hold_output(folder, "training run"):
-        pid = sd.broadcast_object(os.getpid(), sd.resolve_group("default"))  # rank 0's pid; also a barrier
-        return {"owner": read_owner(folder)["pid"], "rank0_pid": pid}
+        pid = sd.broadcast_object(os.getpid(), group)  # rank 0's pid
+        owner = read_owner(folder)["pid"]
+        sd.broadcast_object(None, group)  # a barrier: rank 0 keeps the lock until every rank has read it
+    return {"owner": owner, "rank0_pid": pid}
 
 
 def test_only_rank_0_holds_the_folder_lock(tmp_path):

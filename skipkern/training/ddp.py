@@ -1,5 +1,5 @@
 """Data-parallel pieces of the training loop: DistributedDataParallel wrapping, the per-rank share of
-each mini-batch with exact global-mean gradients, and exactly averaged evaluation metrics.
+each mini-batch with exact global-mean gradients (evaluation: ``skipkern.training.measure.evaluate``).
 
 How a step is split. Every rank draws the same epoch permutation (same seed) and walks the same
 global mini-batches of ``batch_size`` rows; rank r takes rows r, r+W, r+2W, ... of each (a strided
@@ -28,7 +28,7 @@ from skipkern import distributed as sd
 
 logger = logging.getLogger("skipkern.train")
 
-__all__ = ["rank_device", "wrap_ddp", "local_batch_loss", "evaluate_global"]
+__all__ = ["rank_device", "wrap_ddp", "local_batch_loss"]
 
 
 def rank_device(device: torch.device, group: Optional[object]) -> torch.device:
@@ -93,25 +93,3 @@ def local_batch_loss(fwd: nn.Module, model: nn.Module, loss_fn: Callable, x: tor
     with eval_mode(model):  # one row, weight 0: no BatchNorm update, zero gradient contribution
         dummy = loss_fn(fwd(x[idx[:1]]), y[idx[:1]])
     return torch.zeros((), dtype=dummy.dtype, device=dummy.device), dummy * 0.0, 0
-
-
-@torch.no_grad()
-def evaluate_global(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, loss_fn: Callable,
-                    group: object) -> tuple[float, float]:
-    """Mean loss and accuracy over ALL rows of x [N, in], y [N], computed as each rank's share
-    x[r::W] and combined with one all-reduce of (loss sum, correct, count): the exact global means,
-    the same on every rank. A rank with an empty share contributes zeros."""
-    from skipkern.diagnostics import eval_mode
-
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"x and y must hold the same number (> 0) of samples, got {x.shape[0]} and {y.shape[0]}")
-    xs, ys = sd.shard(x, group), sd.shard(y, group)
-    total, correct = 0.0, 0
-    with eval_mode(model):
-        for i in range(0, xs.shape[0], batch_size):
-            xb, yb = xs[i:i + batch_size], ys[i:i + batch_size]
-            out = model(xb)
-            total += float(loss_fn(out, yb)) * xb.shape[0]
-            correct += int((out.argmax(1) == yb).sum())
-    total, correct, count = sd.all_reduce_sums([total, correct, xs.shape[0]], group)
-    return total / count, correct / count

@@ -19,7 +19,6 @@ from skipkern import distributed as sd
 from skipkern.data.base import Dataset
 from skipkern.diagnostics import diagnose, eval_mode
 from skipkern.hessian import HessianOperator, spectral_density
-from skipkern.training import ddp
 from skipkern.training.config import TrainConfig
 
 __all__ = ["evaluate", "hessian_spectrum", "fraction_fields", "spectrum_fractions", "fixed_subset", "take",
@@ -28,20 +27,26 @@ __all__ = ["evaluate", "hessian_spectrum", "fraction_fields", "spectrum_fraction
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 5000,
-             loss_fn: Optional[Callable] = None) -> tuple[float, float]:
+             loss_fn: Optional[Callable] = None, process_group: Optional[object] = None) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on x [N, in], y [N] (int64 labels), in eval mode (the
-    model's mode is restored). loss_fn: (logits, y) -> batch-mean loss, default cross entropy."""
+    model's mode is restored). loss_fn: (logits, y) -> batch-mean loss, default cross entropy.
+
+    process_group: None (one process) or a process group: every rank passes the same full (x, y), takes
+    its strided share, and one all-reduce of (loss sum, correct, count) gives the exact global means, the
+    same on every rank (a rank with an empty share contributes zeros)."""
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"x and y must hold the same number (> 0) of samples, got {x.shape[0]} and {y.shape[0]}")
     loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+    xs, ys = sd.shard(x, process_group), sd.shard(y, process_group)
     total, correct = 0.0, 0
     with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        for i in range(0, xs.shape[0], batch_size):
+            xb, yb = xs[i:i + batch_size], ys[i:i + batch_size]
             out = model(xb)
             total += float(loss_fn(out, yb)) * xb.shape[0]
             correct += int((out.argmax(1) == yb).sum())
-    return total / x.shape[0], correct / x.shape[0]
+    total, correct, count = sd.all_reduce_sums([total, correct, xs.shape[0]], process_group)
+    return total / count, correct / count
 
 
 def fraction_fields(name: str, est) -> dict:
@@ -124,10 +129,7 @@ class EpochMeasures:
         self.idx_spec = fixed_subset(n, config.spectrum_samples, seed, 3)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        c = self.config
-        if self.group is None:
-            return evaluate(self.model, x, y, c.eval_batch_size, self.loss_fn)
-        return ddp.evaluate_global(self.model, x, y, c.eval_batch_size, self.loss_fn, self.group)
+        return evaluate(self.model, x, y, self.config.eval_batch_size, self.loss_fn, self.group)
 
     def __call__(self, epoch: int, rec: dict, force_eval: bool) -> None:
         """Add the measurements due at ``epoch`` to its record ``rec``."""
