@@ -2,25 +2,28 @@
 #
 # Shapes: x [B, K], W [N, K], b [N], Q [N, K] (dense skip), grad_y / z / y [B, N]; any B, N, K >= 0
 # (masked tiles), any strides. Kernel dims: M = B (rows), N = out features, K = in features.
-#   forward  _skip_linear_fwd_kernel     grid (B/BM, N/BN): z = x W^T + b, y = act(z) + S(x); the dense skip
-#            is a second accumulator fed by the same x tile in the same K loop (x Q^T); the identity skip
-#            re-reads the [BM, BN] tile of x in the epilogue. Writes y and z (z is saved for backward).
+#   forward  _skip_linear_fwd_kernel     grid (B/BM, N/BN[, SPLIT_K]): z = x W^T + b, y = act(z) + S(x); the
+#            dense skip is a second accumulator fed by the same x tile in the same K loop (x Q^T); the identity
+#            skip re-reads the [BM, BN] tile of x in the epilogue. Writes y and z (z is saved for backward).
+#            Split-K (wide inputs, e.g. the 3072-wide CIFAR layer at B = 500, where the output tiles are too
+#            few to fill the GPU): each of SPLIT_K programs per tile sums one K range into an fp32/fp64
+#            workspace; _skip_linear_fwd_reduce_kernel adds the partials and runs the epilogue (no atomics).
 #   backward _skip_linear_bwd_dx_kernel  grid (B/BM, K/BK): dx = gz W + S^T(g), gz = g * act'(z) formed per
 #            tile from g and z and never written to memory; g Q (dense skip) joins the same N loop.
 #            _skip_linear_bwd_dw_kernel  grid (N/BN * K/BK, SPLIT): dW = gz^T x and db = colsum(gz) from the
 #            same gz tiles; the batch reduction may be split over SPLIT programs into an fp32/fp64
 #            workspace that the launcher sums (deterministic, no atomics).
 # Not fused: gz is recomputed by both backward kernels (z is re-read, no activation bitmask); the split
-# dW/db reduction is a torch .sum; layers are separate launches (no cross-layer fusion).
-# Precision: accumulation in fp32 (fp16/bf16/fp32 inputs) or fp64 (fp64 inputs). fp32 tl.dot is IEEE fp32
-# by default (matches torch's default of no TF32); SKIPKERN_TRITON_TF32=1 allows TF32 on GPU.
-# Configs: the interpreter (CPU tensors, TRITON_INTERPRET=1) uses one small config; on GPU a shape/dtype
-# heuristic picks blocks, and SKIPKERN_TRITON_AUTOTUNE=1 autotunes over a small config list instead.
+# reductions are a second pass; layers are separate launches (the whole net: kernels/skip_mlp.py).
+# Precision: accumulation in fp32 (fp16/bf16/fp32 inputs) or fp64 (fp64 inputs). fp32 dots run on the
+# tensor cores in TF32 on the GPU by default; SKIPKERN_TRITON_TF32=0 or precision="ieee" keeps IEEE fp32
+# (kernels/precision.py). The interpreter is always IEEE.
+# Configs (skip_linear_config.py): the interpreter uses one small config; on the GPU a shape/dtype heuristic,
+# or the timed choice cached per problem shape by kernels/tuning.py (SKIPKERN_TRITON_AUTOTUNE=1 tunes).
 """Triton kernels and launchers for skip_linear (see the block comment above for what is fused)."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 import torch
@@ -28,6 +31,8 @@ import triton
 import triton.language as tl
 
 from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.kernels import tuning
+from skipkern.kernels.precision import dot_precision as _dot_precision
 from skipkern.reference import ACTIVATION_CODES, SKIP_CODES
 
 log = logging.getLogger("skipkern")
@@ -81,15 +86,19 @@ def _activation_grad(z, ACTIVATION: tl.constexpr):
 # ------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _skip_linear_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, q_ptr, y_ptr, z_ptr,
-    M, N, K,
+    x_ptr, w_ptr, b_ptr, q_ptr, y_ptr, z_ptr, ws_ptr,
+    M, N, K, K_SPLIT,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_bn, stride_qn, stride_qk,
-    stride_ym, stride_yn, stride_zm, stride_zn,
+    stride_ym, stride_yn, stride_zm, stride_zn, stride_ws, stride_wsp,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)  # this program's K range [k_lo, k_hi) (all of K without split-K)
+    k_lo = pid_s * K_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_SPLIT)
     acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     offs_m = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
     offs_n = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
@@ -97,11 +106,10 @@ def _skip_linear_fwd_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
-    if SKIP == _SKIP_DENSE:
-        acc_skip = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)
-    for k0 in range(0, K, BLOCK_SIZE_K):
+    acc_skip = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dtype)  # fed only by the dense skip
+    for k0 in range(k_lo, k_hi, BLOCK_SIZE_K):
         kk = k0 + offs_k
-        mask_k = kk < K
+        mask_k = kk < k_hi
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         # W^T tile [BK, BN] read straight from W [N, K] through its strides
@@ -112,6 +120,23 @@ def _skip_linear_fwd_kernel(
             qt = tl.load(q_ptr + kk[:, None] * stride_qk + offs_n[None, :] * stride_qn,
                          mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION)
+    if SPLIT_K:  # partial sums of this K range; _skip_linear_fwd_reduce_kernel finishes
+        ws_offs = pid_s * stride_ws + offs_m[:, None] * N + offs_n[None, :]
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        tl.store(ws_ptr + ws_offs, acc, mask=mask_mn)
+        if SKIP == _SKIP_DENSE:
+            tl.store(ws_ptr + stride_wsp + ws_offs, acc_skip, mask=mask_mn)
+    else:
+        _fwd_epilogue(acc, acc_skip, x_ptr, b_ptr, y_ptr, z_ptr, offs_m, offs_n, mask_m, mask_n, stride_xm,
+                      stride_xk, stride_bn, stride_ym, stride_yn, stride_zm, stride_zn, ACTIVATION, HAS_BIAS, SKIP)
+
+
+@triton.jit
+def _fwd_epilogue(acc, acc_skip, x_ptr, b_ptr, y_ptr, z_ptr, offs_m, offs_n, mask_m, mask_n, stride_xm, stride_xk,
+                  stride_bn, stride_ym, stride_yn, stride_zm, stride_zn,
+                  ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP: tl.constexpr):
+    """z = acc + b, y = act(z) + S(x) (acc_skip = x Q^T for the dense skip); stores y and z."""
+    acc_dtype = acc.dtype
     mask_mn = mask_m[:, None] & mask_n[None, :]
     if HAS_BIAS:
         b = tl.load(b_ptr + offs_n * stride_bn, mask=mask_n, other=0.0)
@@ -126,6 +151,31 @@ def _skip_linear_fwd_kernel(
              acc.to(z_ptr.dtype.element_ty), mask=mask_mn)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
              y.to(y_ptr.dtype.element_ty), mask=mask_mn)
+
+
+@triton.jit
+def _skip_linear_fwd_reduce_kernel(
+    ws_ptr, x_ptr, b_ptr, y_ptr, z_ptr,
+    M, N, SPLIT,
+    stride_ws, stride_wsp, stride_xm, stride_xk, stride_bn, stride_ym, stride_yn, stride_zm, stride_zn,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+):
+    """Split-K forward, second pass: the SPLIT partial sums of a [BM, BN] tile, then the epilogue."""
+    offs_m = tl.program_id(0) * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    offs_n = tl.program_id(1) * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=ws_ptr.dtype.element_ty)
+    acc_skip = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=ws_ptr.dtype.element_ty)
+    for s in range(0, SPLIT):
+        acc += tl.load(ws_ptr + s * stride_ws + offs, mask=mask_mn, other=0.0)
+        if SKIP == _SKIP_DENSE:
+            acc_skip += tl.load(ws_ptr + stride_wsp + s * stride_ws + offs, mask=mask_mn, other=0.0)
+    _fwd_epilogue(acc, acc_skip, x_ptr, b_ptr, y_ptr, z_ptr, offs_m, offs_n, mask_m, mask_n, stride_xm, stride_xk,
+                  stride_bn, stride_ym, stride_yn, stride_zm, stride_zn, ACTIVATION, HAS_BIAS, SKIP)
 
 
 @triton.jit
@@ -222,7 +272,7 @@ def _skip_linear_bwd_dw_kernel(
 # ------------------------------------------------------------------------------------------ configs
 INTERPRET = type(_skip_linear_fwd_kernel).__name__ == "InterpretedFunction"  # fixed when this module loads
 _INTERPRET_TILE = (64, 64, 64)  # (rows, cols, reduction): one config; 64 measured fastest in the interpreter
-# (tile rows, tile cols, reduction block, num_warps, num_stages) tried by SKIPKERN_TRITON_AUTOTUNE=1
+# (tile rows, tile cols, reduction block, num_warps, num_stages) timed by kernels/tuning.py
 _TUNE = [(16, 32, 32, 2, 3), (32, 32, 32, 4, 3), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
          (64, 128, 32, 4, 3), (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 _TUNE_FP64 = [(16, 32, 16, 2, 2), (32, 32, 16, 4, 2), (32, 64, 16, 4, 2), (64, 64, 16, 4, 2)]
@@ -231,7 +281,6 @@ _DIMS = {"fwd": ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"),
          "dx": ("BLOCK_SIZE_M", "BLOCK_SIZE_K", "BLOCK_SIZE_N"),
          "dw": ("BLOCK_SIZE_N", "BLOCK_SIZE_K", "BLOCK_SIZE_M")}
 _KERNELS = {"fwd": _skip_linear_fwd_kernel, "dx": _skip_linear_bwd_dx_kernel, "dw": _skip_linear_bwd_dw_kernel}
-_tuned: dict = {}
 _logged: set = set()
 _sms: dict = {}
 
@@ -249,23 +298,24 @@ def _num_sms(device: torch.device) -> int:
     return _sms[idx]
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input_precision: "ieee" unless fp32 on GPU with SKIPKERN_TRITON_TF32=1 ("tf32")."""
-    if dtype == torch.float32 and not INTERPRET and os.environ.get("SKIPKERN_TRITON_TF32", "") == "1":
-        return "tf32"
-    return "ieee"
+def dot_precision(dtype: torch.dtype, precision: Optional[str] = None) -> str:
+    """tl.dot input_precision: "tf32" for fp32 on the GPU unless opted out (SKIPKERN_TRITON_TF32=0 or
+    precision="ieee"), else "ieee" (kernels/precision.py)."""
+    return _dot_precision(dtype, INTERPRET, precision)
 
 
-def _heuristic(kind: str, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> tuple:
+def _heuristic(kind: str, rows: int, cols: int, dtype: torch.dtype, device: torch.device, red_len: int = 0) -> tuple:
     """GPU config for an output tile grid of [rows, cols]: 64x64 tiles (32x32 for fp64); for fwd/dx they
     are halved while there are fewer programs than SMs (these layers are small and latency-bound); dW keeps
-    its tile and gets parallelism from the batch split instead (see _dw_split)."""
+    its tile and gets parallelism from the batch split instead (see _dw_split), and so does a forward with a
+    wide reduction (``red_len`` >= 1024) from split-K (see _split_k): small tiles would re-read W per row block."""
     if dtype == torch.float64:
         tr, tc, red, stages = 32, 32, 16, 2
     else:
         tr, tc, red, stages = 64, 64, (64 if dtype in (torch.float16, torch.bfloat16) else 32), 3
     sms = _num_sms(device)
-    while kind != "dw" and triton.cdiv(rows, tr) * triton.cdiv(cols, tc) < sms and max(tr, tc) > 16:
+    shrink = kind == "dx" or (kind == "fwd" and red_len < 1024)
+    while shrink and triton.cdiv(rows, tr) * triton.cdiv(cols, tc) < sms and max(tr, tc) > 16:
         if tr >= tc:
             tr //= 2
         else:
@@ -273,40 +323,43 @@ def _heuristic(kind: str, rows: int, cols: int, dtype: torch.dtype, device: torc
     return tr, tc, red, (4 if tr * tc >= 1024 else 2), stages
 
 
-def _launch(kind: str, grid_dims: tuple, args: tuple, consts: dict, dtype: torch.dtype,
-            device: torch.device, blocks: Optional[tuple] = None) -> None:
-    """Launch kernel ``kind`` over an output tile grid of ``grid_dims`` = (rows, cols[, splits]).
+def _split_k(m: int, n: int, k: int, tile: tuple, device: torch.device) -> int:
+    """K ranges for the forward: enough programs for about two per SM when the output tiles are fewer than
+    the SMs and K is wide (>= 1024), each range at least 256 long, at most 16; 1 otherwise."""
+    if INTERPRET or k < 1024:
+        return 1
+    tiles = triton.cdiv(m, tile[0]) * triton.cdiv(n, tile[1])
+    sms = _num_sms(device)
+    if tiles >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, tiles), k // 256, 16))
 
-    blocks: (tile rows, tile cols, reduction) forcing one config (tests); otherwise interpreter config,
-    GPU heuristic, or autotuning with SKIPKERN_TRITON_AUTOTUNE=1.
-    """
-    names = _DIMS[kind]
-    rows, cols = grid_dims[0], grid_dims[1]
 
-    def grid(meta):
-        nr, nc = triton.cdiv(rows, meta[names[0]]), triton.cdiv(cols, meta[names[1]])
-        return (nr * nc, grid_dims[2]) if kind == "dw" else (nr, nc)
+def _dw_split(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Batch slices for dW/db: about two programs per SM, each slice at least 128 rows; 1 in the interpreter."""
+    if INTERPRET:
+        return 1
+    tr, tc = _heuristic("dw", n, k, dtype, device)[:2]
+    tiles = triton.cdiv(n, tr) * triton.cdiv(max(k, 1), tc)
+    return max(1, min(2 * _num_sms(device) // tiles, m // 128, 64))
 
-    autotune = blocks is None and not INTERPRET and os.environ.get("SKIPKERN_TRITON_AUTOTUNE", "") == "1"
-    if autotune:
-        fp64 = dtype == torch.float64
-        if (kind, fp64) not in _tuned:
-            configs = [triton.Config(dict(zip(names, c[:3])), num_warps=c[3], num_stages=c[4])
-                       for c in (_TUNE_FP64 if fp64 else _TUNE)]
-            _tuned[kind, fp64] = triton.autotune(configs=configs, key=["M", "N", "K"])(_KERNELS[kind])
-        _log_once((kind, "tune", dtype), "triton skip_linear %s: autotuning (%s)", kind, dtype)
-        _tuned[kind, fp64][grid](*args, **consts)
-        return
+
+def _configure(kind: str, key: tuple, rows: int, cols: int, dtype: torch.dtype, device: torch.device,
+               blocks: Optional[tuple], run) -> None:
+    """Pick a config for kernel ``kind`` ((tile rows, tile cols, reduction, warps, stages)) and ``run`` it:
+    forced ``blocks`` (tests), the interpreter's tile, or on the GPU the tuned choice cached for ``key``
+    (kernels/tuning.py) with the shape heuristic as the default."""
     if blocks is not None:
-        tile, warps, stages, how = tuple(blocks), 4, 2, "forced"
+        cfg, how = (*blocks, 4, 2), "forced"
     elif INTERPRET:
-        tile, warps, stages, how = _INTERPRET_TILE, 4, 1, "interpreter"
+        cfg, how = (*_INTERPRET_TILE, 4, 1), "interpreter"
     else:
-        *tile, warps, stages = _heuristic(kind, rows, cols, dtype, device)
-        how = "heuristic"
-    meta = dict(zip(names, tile))
-    _log_once((kind, how, dtype, tuple(tile)), "triton skip_linear %s: %s config %s, %s", kind, how, meta, dtype)
-    _KERNELS[kind][grid(meta)](*args, **consts, **meta, num_warps=warps, num_stages=stages)
+        heur = _heuristic(kind, rows, cols, dtype, device, key[2] if kind == "fwd" else 0)
+        cands = _TUNE_FP64 if dtype == torch.float64 else _TUNE
+        cfg = tuning.choose("skip_linear", (kind, *key, str(dtype).replace("torch.", "")), cands, run, device, heur)
+        how = "heuristic" if tuple(cfg) == tuple(heur) else "tuned"
+    _log_once((kind, how, dtype, cfg), "triton skip_linear %s: %s config %s, %s", kind, how, cfg, dtype)
+    run(cfg)
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -339,7 +392,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor, q: Optional[torch.Tensor], ski
 
 
 def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
-                    skip: int, activation: int, blocks: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    skip: int, activation: int, blocks: Optional[tuple] = None, precision: Optional[str] = None,
+                    split_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused forward: z = x W^T + b, y = act(z) + S(x).
 
     Args:
@@ -348,37 +402,58 @@ def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         skip, activation: integer codes of skipkern.reference.SKIP_CODES (none, identity with N == K, dense)
             and ACTIVATION_CODES (relu, identity, tanh, gelu).
         blocks: (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K) forcing one config (each >= 16; for tests).
+        precision: fp32 dots: "auto" / None (TF32 on the GPU unless SKIPKERN_TRITON_TF32=0), "ieee", "tf32".
+        split_k: K ranges summed in a second pass (default: 1, or more for wide K when the output tiles do
+            not fill the GPU; see _split_k).
 
     Returns:
-        (y [B, N], z [B, N]), contiguous, dtype of x. fp32 dots are IEEE unless SKIPKERN_TRITON_TF32=1.
+        (y [B, N], z [B, N]), contiguous, dtype of x.
     """
     m, k, n = _check(x, weight, q, skip, bias=bias)
-    dtype = x.dtype
-    y = torch.empty((m, n), dtype=dtype, device=x.device)
-    z = torch.empty((m, n), dtype=dtype, device=x.device)
+    dtype, dev = x.dtype, x.device
+    y = torch.empty((m, n), dtype=dtype, device=dev)
+    z = torch.empty((m, n), dtype=dtype, device=dev)
     if m == 0 or n == 0:
         return y, z
+    if split_k is not None and (not isinstance(split_k, int) or split_k < 1):
+        raise ValueError(f"split_k must be a positive int, got {split_k!r}")
     qq = q if q is not None else weight  # unused pointer unless the skip is dense (pruned at compile time)
     bb = bias if bias is not None else weight
-    args = (x, weight, bb, qq, y, z, m, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-            bb.stride(0), qq.stride(0), qq.stride(1), y.stride(0), y.stride(1), z.stride(0), z.stride(1))
-    consts = dict(ACTIVATION=activation, HAS_BIAS=bias is not None, SKIP=skip, DOT_PRECISION=dot_precision(dtype))
-    _launch("fwd", (m, n), args, consts, dtype, x.device, blocks)
+    consts = dict(ACTIVATION=activation, HAS_BIAS=bias is not None, SKIP=skip)
+    prec = dot_precision(dtype, precision)
+    strides = (x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), bb.stride(0), qq.stride(0), qq.stride(1),
+               y.stride(0), y.stride(1), z.stride(0), z.stride(1))
+
+    def run(cfg: tuple) -> None:
+        tr, tc, red, warps, stages = cfg
+        split = split_k if split_k is not None else _split_k(m, n, k, (tr, tc), dev)
+        k_split = max(k, 1) if split == 1 else triton.cdiv(triton.cdiv(k, split), red) * red
+        split = triton.cdiv(k, k_split) if k > 0 else 1
+        meta = dict(zip(_DIMS["fwd"], (tr, tc, red)), num_warps=warps, num_stages=stages)
+        grid = (triton.cdiv(m, tr), triton.cdiv(n, tc), split)
+        if split == 1:
+            _skip_linear_fwd_kernel[grid](x, weight, bb, qq, y, z, y, m, n, k, k_split, *strides, 0, 0, **consts,
+                                          DOT_PRECISION=prec, SPLIT_K=False, **meta)
+            return
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        parts = 2 if skip == SKIP_CODES["dense"] else 1
+        if split * parts * m * n > INT32_LIMIT:
+            raise ValueError(f"split_k={split} makes a workspace beyond 2**31 elements; use a smaller split_k")
+        ws = torch.empty((split, parts, m, n), dtype=acc, device=dev)
+        _skip_linear_fwd_kernel[grid](x, weight, bb, qq, y, z, ws, m, n, k, k_split, *strides, ws.stride(0),
+                                      ws.stride(1), **consts, DOT_PRECISION=prec, SPLIT_K=True, **meta)
+        _skip_linear_fwd_reduce_kernel[grid[:2]](ws, x, bb, y, z, m, n, split, ws.stride(0), ws.stride(1), x.stride(0),
+                                                 x.stride(1), bb.stride(0), y.stride(0), y.stride(1), z.stride(0),
+                                                 z.stride(1), **consts, BLOCK_SIZE_M=tr, BLOCK_SIZE_N=tc,
+                                                 num_warps=warps)
+
+    _configure("fwd", (m, n, k, skip, split_k), m, n, dtype, dev, blocks, run)
     return y, z
-
-
-def _dw_split(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Batch slices for dW/db: about two programs per SM, each slice at least 128 rows; 1 in the interpreter."""
-    if INTERPRET:
-        return 1
-    tr, tc = _heuristic("dw", n, k, dtype, device)[:2]
-    tiles = triton.cdiv(n, tr) * triton.cdiv(max(k, 1), tc)
-    return max(1, min(2 * _num_sms(device) // tiles, m // 128, 64))
 
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
                     q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool,
-                    blocks: Optional[tuple] = None, split: Optional[int] = None
+                    blocks: Optional[tuple] = None, split: Optional[int] = None, precision: Optional[str] = None
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Fused backward with gz = grad_y * act'(z): dx = gz W + S^T(grad_y), dW = gz^T x, db = colsum(gz).
 
@@ -389,6 +464,7 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
         blocks: (tile rows, tile cols, reduction block) forcing one config for both kernels (tests).
         split: number of batch slices for the dW/db reduction (default: 1 in the interpreter, else enough
             programs for the GPU); slices > 1 go through an fp32/fp64 workspace summed by torch.
+        precision: fp32 dots, as in skip_linear_fwd.
 
     Returns:
         (dx [B, K], dW [N, K], db [N] or None), contiguous, dtype of x.
@@ -398,14 +474,16 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dev = x.device
     dx = torch.empty((m, k), dtype=dtype, device=dev)
     qq = q if q is not None else weight
-    prec = dot_precision(dtype)
+    prec = dot_precision(dtype, precision)
     if m > 0 and k > 0:
         if n == 0:
             dx.zero_()
         else:
             args = (grad_y, z, weight, qq, dx, m, n, k, grad_y.stride(0), grad_y.stride(1), z.stride(0), z.stride(1),
                     weight.stride(0), weight.stride(1), qq.stride(0), qq.stride(1), dx.stride(0), dx.stride(1))
-            _launch("dx", (m, k), args, dict(ACTIVATION=activation, SKIP=skip, DOT_PRECISION=prec), dtype, dev, blocks)
+            consts = dict(ACTIVATION=activation, SKIP=skip, DOT_PRECISION=prec)
+            _configure("dx", (m, n, k, skip), m, k, dtype, dev, blocks, lambda cfg: _launch_2d(
+                "dx", (m, k), cfg, args, consts))
     dw = torch.empty((n, k), dtype=dtype, device=dev)
     db = torch.empty((n,), dtype=dtype, device=dev) if has_bias else None
     if n == 0 or (k == 0 and not has_bias):
@@ -427,10 +505,20 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     s_db = db_out.stride(0) if split > 1 else 0
     args = (grad_y, z, x, dw_out, db_out, m, n, k, split, grad_y.stride(0), grad_y.stride(1), z.stride(0),
             z.stride(1), x.stride(0), x.stride(1), s_dw, dw_out.stride(-2), dw_out.stride(-1), s_db)
-    _launch("dw", (n, kk, split), args, dict(ACTIVATION=activation, HAS_BIAS=has_bias, DOT_PRECISION=prec),
-            dtype, dev, blocks)
+    consts = dict(ACTIVATION=activation, HAS_BIAS=has_bias, DOT_PRECISION=prec)
+    _configure("dw", (m, n, k, split), n, kk, dtype, dev, blocks, lambda cfg: _launch_2d(
+        "dw", (n, kk, split), cfg, args, consts))
     if split > 1:
         dw.copy_(dw_out.sum(0))
         if has_bias:
             db.copy_(db_out.sum(0))
     return dx, dw, db
+
+
+def _launch_2d(kind: str, grid_dims: tuple, cfg: tuple, args: tuple, consts: dict) -> None:
+    """Launch the dx or dW kernel over an output tile grid of ``grid_dims`` = (rows, cols[, splits])."""
+    tr, tc, red, warps, stages = cfg
+    nr, nc = triton.cdiv(grid_dims[0], tr), triton.cdiv(grid_dims[1], tc)
+    grid = (nr * nc, grid_dims[2]) if kind == "dw" else (nr, nc)
+    _KERNELS[kind][grid](*args, **consts, **dict(zip(_DIMS[kind], (tr, tc, red))), num_warps=warps,
+                         num_stages=stages)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from skipkern.kernels.precision import dot_precision
+from skipkern.kernels.skip_mlp_config import launch, pow2, problem_key
 from skipkern.kernels.skip_linear import _activation, _activation_grad
 from skipkern.reference import ACTIVATIONS, SKIP_CODES, SKIPS
 
@@ -276,74 +277,7 @@ def _skip_mlp_dw_kernel(
             tl.store(db_ptr + layer * stride_dbl + offs_n, db.to(dt), mask=mask_n)
 
 
-# ------------------------------------------------------------------------------------------ configs
 INTERPRET = type(_skip_mlp_fwd_kernel).__name__ == "InterpretedFunction"  # fixed when this module loads
-_chosen: dict = {}  # problem key -> (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, num_warps, num_stages)
-_logged: set = set()
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(max(int(n), 1)))
-
-
-def _problem_key(m: int, width: int, k0: int, c: int, dtype: torch.dtype, skip: int, hyper: bool) -> tuple:
-    # batch bucketed to a power of two: the same config serves B = 500 and B = 512
-    return (_pow2(m), _pow2(width), _pow2(k0), _pow2(c), dtype, skip, hyper)
-
-
-def heuristic_config(m: int, width: int, k0: int, dtype: torch.dtype) -> tuple:
-    """(BM, BN, BK, num_warps, num_stages) before any tuning. The interpreter: one chunk per layer, big
-    row blocks (fewest interpreted programs). GPU: BN as large as keeps a [WIDTH_P, BN] W^T chunk within
-    64 KB (fp32 W <= 128 and fp16/bf16 W <= 256 stay on the one-chunk, register-resident path); 16-row
-    blocks so that B = 500 gives 32 programs (these nets are latency-bound: more SMs beat bigger tiles)."""
-    wp = _pow2(width)
-    if INTERPRET:
-        return min(64, _pow2(m)), wp, min(64, _pow2(k0)), 4, 1
-    size = torch.finfo(dtype).bits // 8
-    bn = wp
-    while bn > 16 and wp * bn * size > 64 * 1024:
-        bn //= 2
-    bm = 16 if m <= 4096 else 32
-    return bm, bn, (32 if size >= 4 else 64), 4, 2
-
-
-def _launch(kernel, grid_fn, args: tuple, consts: dict, key: Optional[tuple], cfg: tuple, forced: bool) -> None:
-    """Launch with cfg; on the GPU, a config that does not fit (shared memory, registers) is retried with
-    half the chunk width, then half the row block, and the working one is remembered for ``key``."""
-    while True:
-        bm, bn, bk, warps, stages = cfg
-        meta = dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk)
-        try:
-            kernel[grid_fn(bm)](*args, **consts, **meta, num_warps=warps, num_stages=stages)
-        except triton.runtime.errors.OutOfResources as exc:
-            if forced or INTERPRET or (bn <= 16 and bm <= 16):
-                raise
-            smaller = (bm, bn // 2, bk, warps, stages) if bn > 16 else (bm // 2, bn, bk, warps, stages)
-            log.info("triton skip_mlp: config %s does not fit (%s); trying %s", cfg, exc, smaller)
-            cfg = smaller
-            continue
-        if key is not None and not forced:
-            _chosen[key] = cfg
-        return
-
-
-def _config(key: tuple, m: int, width: int, k0: int, dtype: torch.dtype, blocks: Optional[tuple]) -> tuple[tuple, bool]:
-    if blocks is not None:
-        if len(blocks) != 3 or any(int(v) < 16 or int(v) & (int(v) - 1) for v in blocks):
-            raise ValueError(f"blocks must be (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K), powers of two >= 16, "
-                             f"got {blocks!r}")
-        return (*(int(v) for v in blocks), 4, 1 if INTERPRET else 2), True
-    cfg = _chosen.get(key) or heuristic_config(m, width, k0, dtype)
-    if (key, cfg) not in _logged:
-        _logged.add((key, cfg))
-        log.info("triton skip_mlp: config (BM, BN, BK, warps, stages) = %s for B~%d W=%d K0=%d %s", cfg, m, width,
-                 k0, str(dtype).replace("torch.", ""))
-    return cfg, False
-
-
-def set_config(m: int, width: int, k0: int, c: int, dtype: torch.dtype, skip: int, hyper: bool, cfg: tuple) -> None:
-    """Remember ``cfg`` = (BM, BN, BK, num_warps, num_stages) for this problem shape (what tuning found)."""
-    _chosen[_problem_key(m, width, k0, c, dtype, skip, hyper)] = tuple(int(v) for v in cfg)
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -407,7 +341,7 @@ def skip_mlp_fwd(x: torch.Tensor, w_in: torch.Tensor, b_in: Optional[torch.Tenso
             identity, dense; ACTIVATION_CODES: relu, identity, tanh, gelu).
         precision: fp32 dots, "auto" (TF32 on the GPU unless SKIPKERN_TRITON_TF32=0), "ieee" or "tf32".
         blocks: (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K) forcing one config (tests: BN < W takes the
-            chunked path).
+            chunked path); else kernels/skip_mlp_config.py chooses.
     """
     named = {k: v for k, v in dict(b_in=b_in, b=b, q=q, p=p, c=c, b_out=b_out).items() if v is not None}
     m, k0, width, cc, L = _check(x, w_in, w, w_out, named, skip, activation)
@@ -421,17 +355,20 @@ def skip_mlp_fwd(x: torch.Tensor, w_in: torch.Tensor, b_in: Optional[torch.Tenso
     if m == 0:
         return out, H, Z
     hyper = p is not None and p.shape[0] > 0
-    key = _problem_key(m, width, k0, cc, dt, skip, hyper)
-    cfg, forced = _config(key, m, width, k0, dt, blocks)
-    chunked = cfg[1] < _pow2(width)
-    hs = torch.zeros((m, width), dtype=dt, device=dev) if hyper and chunked else H
     x = x.contiguous()
     w_in = w_in.contiguous()
-    args = (x, w_in, _c(b_in, w_in), _c(w, w_in), _c(b, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in),
-            w_out.contiguous(), _c(b_out, w_in), H, Z, hs, out, m, k0, width, cc, L)
     consts = dict(ACTIVATION=activation, SKIP=skip, HAS_BIAS=has_bias, HYPER=hyper,
-                  DOT_PRECISION=dot_precision(dt, INTERPRET, precision), WIDTH_P=_pow2(width))
-    _launch(_skip_mlp_fwd_kernel, lambda bm: (triton.cdiv(m, bm),), args, consts, key, cfg, forced)
+                  DOT_PRECISION=dot_precision(dt, INTERPRET, precision), WIDTH_P=pow2(width))
+
+    def run(cfg: tuple) -> None:
+        bm, bn, bk, warps, stages = cfg
+        hs = torch.zeros((m, width), dtype=dt, device=dev) if hyper and bn < pow2(width) else H
+        _skip_mlp_fwd_kernel[(triton.cdiv(m, bm),)](
+            x, w_in, _c(b_in, w_in), _c(w, w_in), _c(b, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in),
+            w_out.contiguous(), _c(b_out, w_in), H, Z, hs, out, m, k0, width, cc, L, **consts,
+            BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
+
+    launch("fwd", run, problem_key(m, width, k0, cc, dt, skip, hyper), (m, width, k0, dt), dev, blocks, INTERPRET)
     return out, H, Z
 
 
@@ -449,20 +386,24 @@ def skip_mlp_bwd(g_out: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, w: to
     m, k0, width, cc, L = _check(x, w_in, w, w_out, named, skip, activation)
     dev, dt = x.device, x.dtype
     hyper = p is not None and p.shape[0] > 0
-    key = _problem_key(m, width, k0, cc, dt, skip, hyper)
-    cfg, forced = _config(key, m, width, k0, dt, blocks)
     prec = dot_precision(dt, INTERPRET, precision)
     GZ = torch.empty((L, m, width), dtype=dt, device=dev)
     dx = torch.empty((m, k0), dtype=dt, device=dev) if needs_dx else None
     if m > 0:
-        chunked = cfg[1] < _pow2(width)
-        gs = torch.empty((2, m, width), dtype=dt, device=dev) if chunked else GZ
         w_in = w_in.contiguous()
-        args = (g_out.contiguous(), w_in, _c(w, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in), w_out.contiguous(),
-                Z.contiguous(), GZ, gs, dx if needs_dx else GZ, m, k0, width, cc, L)
         consts = dict(ACTIVATION=activation, SKIP=skip, HYPER=hyper, NEEDS_DX=needs_dx, DOT_PRECISION=prec,
-                      WIDTH_P=_pow2(width))
-        _launch(_skip_mlp_bwd_kernel, lambda bm: (triton.cdiv(m, bm),), args, consts, key, cfg, forced)
+                      WIDTH_P=pow2(width))
+
+        def run(cfg: tuple) -> None:
+            bm, bn, bk, warps, stages = cfg
+            gs = torch.empty((2, m, width), dtype=dt, device=dev) if bn < pow2(width) else GZ
+            _skip_mlp_bwd_kernel[(triton.cdiv(m, bm),)](
+                g_out.contiguous(), w_in, _c(w, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in), w_out.contiguous(),
+                Z.contiguous(), GZ, gs, dx if needs_dx else GZ, m, k0, width, cc, L, **consts,
+                BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
+
+        launch("bwd", run, problem_key(m, width, k0, cc, dt, skip, hyper), (m, width, k0, dt), dev, blocks,
+               INTERPRET)
     H = H.contiguous()
     dw_in, db_in = _dw(GZ[0], x.contiguous(), has_bias, prec, blocks)
     dw, db = _dw(GZ[1:], H[:L - 1], has_bias, prec, blocks)
@@ -486,7 +427,7 @@ def _dw(gz: torch.Tensor, a: torch.Tensor, has_bias: bool, prec: str, blocks: Op
     if blocks is not None:
         bm, bn, bk = (int(v) for v in blocks)
     elif INTERPRET:
-        bm, bn, bk = min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k))
+        bm, bn, bk = min(64, pow2(m)), min(64, pow2(n)), min(64, pow2(k))
     else:
         bm, bn, bk = (32, 64, 64) if a.dtype != torch.float64 else (16, 32, 32)
     grid = (nl, triton.cdiv(n, bn) * triton.cdiv(k, bk))
