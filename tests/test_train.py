@@ -4,6 +4,7 @@ spectra plumbing, and the direction of result 1 (residual above plain) on a smal
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -243,8 +244,8 @@ def test_spectrum_fractions_recorded(data, monkeypatch, tmp_path):
         def fraction_degenerate(self, eps):
             return Estimate(0.25, 0.01)
 
-        def fraction_negative(self, eps):
-            return Estimate(0.1, 0.02)
+        def fraction_negative(self, eps):  # an estimate that also carries an interval
+            return types.SimpleNamespace(value=0.1, stderr=0.02, lower=0.05, upper=0.2)
 
         def save(self, path):
             open(path, "w").write("{}")
@@ -260,6 +261,8 @@ def test_spectrum_fractions_recorded(data, monkeypatch, tmp_path):
     r = train(_model(), data, _cfg(spectrum_at=[0, 2], spectrum_samples=50), out_dir=tmp_path)
     s = r.history[2]["spectrum"]
     assert (s["fraction_degenerate"], s["fraction_degenerate_se"], s["fraction_negative"]) == (0.25, 0.01, 0.1)
+    assert (s["fraction_negative_lower"], s["fraction_negative_upper"]) == (0.05, 0.2)
+    assert "fraction_degenerate_lower" not in s
     assert s["path"] == str(tmp_path / "spectra" / "epoch_0002.json")
     assert "spectrum" in r.history[0] and "spectrum" not in r.history[1]
     assert "spectrum.fraction_negative_se" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
