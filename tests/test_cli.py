@@ -55,6 +55,7 @@ def test_bad_input_errors(tmp_path):
     missing = tmp_path / "no_such_folder"
     assert_one_line_error(run_cli("repro", "architectures", "--quick", "--data", "cifar10", "--data-dir", str(missing),
                                   "--out", str(tmp_path / "b")), str(missing))
+    assert not (tmp_path / "b").exists()  # a failed command leaves no empty output folder behind
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     assert_one_line_error(run_cli("repro", "simplified", "--quick", "--out", str(blocker / "sub")),
