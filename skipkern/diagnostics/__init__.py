@@ -11,7 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from skipkern.diagnostics.capture import ACTIVATION_MODULES, CapturedLayer, capture_layers, eval_mode
+from skipkern.diagnostics.any_module import diagnose_module
+from skipkern.diagnostics.capture import ACTIVATION_MODULES, CapturedLayer, capture_hidden, capture_layers, eval_mode
 from skipkern.diagnostics.conditioning import condition_numbers, condition_numbers_from
 from skipkern.diagnostics.gradients import gradient_norms, weighted_layers
 from skipkern.diagnostics.result import LayerDiagnostics, from_json_safe, json_safe
@@ -20,7 +21,7 @@ from skipkern.diagnostics.singularities import (elimination, elimination_from, l
 
 __all__ = ["LayerDiagnostics", "elimination", "overlap", "linear_dependence", "condition_numbers",
            "gradient_norms", "diagnose", "capture_layers", "CapturedLayer", "eval_mode", "weighted_layers",
-           "json_safe", "from_json_safe", "DIAGNOSTICS", "ACTIVATION_MODULES"]
+           "json_safe", "from_json_safe", "DIAGNOSTICS", "ACTIVATION_MODULES", "capture_hidden", "diagnose_module"]
 
 DIAGNOSTICS = ("elimination", "overlap", "linear_dependence", "condition_numbers", "gradient_norms")
 

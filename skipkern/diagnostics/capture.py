@@ -16,6 +16,13 @@ How layers are found (in this order):
    activations (F.relu) are invisible to hooks: pass ``hidden_fn`` for such models.
 The model runs in eval mode under no_grad (BatchNorm uses its running statistics) and its mode is
 restored afterwards. Outputs of more than two dimensions are flattened to [B, features].
+
+``capture_hidden(model, x, modules=...)`` is the general form for any module: the outputs of chosen
+named submodules (by name, type or predicate), captured by forward hooks, each turned into a
+representation matrix by ``flatten`` (conv feature maps [B, C, H, W]: "channels", the default, makes
+every spatial position a row of C channel values, [B H W, C]; "features" one row per sample,
+[B, C H W]; "pool" averages over positions, [B, C]). ``diagnose_module`` runs the singularity
+diagnostics and condition numbers on them.
 """
 from __future__ import annotations
 
@@ -33,7 +40,8 @@ from skipkern.reference import activation_ref
 
 log = logging.getLogger("skipkern.diagnostics")
 
-__all__ = ["CapturedLayer", "capture_layers", "eval_mode", "HiddenFn", "ACTIVATION_MODULES", "linear_modules"]
+__all__ = ["CapturedLayer", "capture_layers", "eval_mode", "HiddenFn", "ACTIVATION_MODULES", "linear_modules",
+           "capture_hidden", "captured_layers", "representation", "FLATTEN", "select_modules"]
 
 HiddenFn = Callable[[nn.Module, torch.Tensor], list]
 
@@ -187,3 +195,108 @@ def capture_layers(model: nn.Module, x: torch.Tensor, hidden_fn: Optional[Hidden
         if isinstance(model, SkipMLP):
             return _from_skipmlp(model, x)
         return _from_hooks(model, x)
+
+
+# ------------------------------------------------------------------- any module, by forward hooks
+FLATTEN = ("channels", "features", "pool")
+
+
+def representation(t: torch.Tensor, flatten: str = "channels") -> torch.Tensor:
+    """A module output as a representation matrix [rows, features] (float64, CPU, detached).
+
+    [B, N] stays as it is. [B, C, *S] (conv feature maps, S spatial): "channels" -> [B * prod(S), C]
+    (every sample and position is a row of the C channel values; rows >> C, so the rank and condition
+    number of the channel space are measurable with small batches), "features" -> [B, C * prod(S)] (one
+    row per sample, needs B > C * prod(S) for full column rank), "pool" -> [B, C] (mean over S)."""
+    if flatten not in FLATTEN:
+        raise ValueError(f"flatten must be one of {FLATTEN}, got {flatten!r}")
+    t = t.detach()
+    if t.dim() < 2:
+        raise ValueError(f"a hidden representation needs a batch and a feature dimension, got shape {tuple(t.shape)}")
+    if t.dim() > 2:
+        if flatten == "channels":
+            t = t.movedim(1, -1).reshape(-1, t.shape[1])
+        elif flatten == "features":
+            t = t.reshape(t.shape[0], -1)
+        else:
+            t = t.reshape(t.shape[0], t.shape[1], -1).mean(-1)
+    return t.to("cpu", torch.float64)
+
+
+def select_modules(model: nn.Module, modules=None) -> list:
+    """(name, module) pairs chosen by ``modules``: None (every activation module and every SkipLinear
+    with an activation, the hook rule of ``capture_layers``), a sequence of names as in
+    ``model.named_modules()``, a module type or tuple of types, or a callable(name, module) -> bool."""
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if modules is None:
+        return [(n, m) for n, m in named if isinstance(m, ACTIVATION_MODULES)
+                or (isinstance(m, SkipLinear) and m.activation != "identity")]
+    if isinstance(modules, type) or (isinstance(modules, tuple) and modules and all(isinstance(t, type) for t in modules)):
+        return [(n, m) for n, m in named if isinstance(m, modules)]
+    if callable(modules):
+        return [(n, m) for n, m in named if modules(n, m)]
+    if isinstance(modules, str) or not all(isinstance(n, str) for n in modules):
+        raise TypeError("modules must be None, a sequence of module names, a module type (or tuple of types) or a "
+                        f"callable(name, module) -> bool, got {modules!r}")
+    table = dict(named)
+    missing = [n for n in modules if n not in table]
+    if missing:
+        raise ValueError(f"no submodule named {missing} in {type(model).__name__}; names look like "
+                         f"{[n for n, _ in named][:8]}")
+    return [(n, table[n]) for n in modules]
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, x: torch.Tensor, modules, flatten: str) -> dict:
+    """{name: (matrix, dtype the module computed in)} in call order (see ``capture_hidden``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_x(x)
+    if flatten not in FLATTEN:
+        raise ValueError(f"flatten must be one of {FLATTEN}, got {flatten!r}")
+    chosen = select_modules(model, modules)
+    if not chosen:
+        raise ValueError(f"no submodule of {type(model).__name__} matches modules={modules!r}")
+    out: dict = {}
+
+    def hook(name):
+        def fn(mod, inp, outp):
+            if not isinstance(outp, torch.Tensor):
+                raise TypeError(f"submodule {name!r} returned {type(outp).__name__}, not a tensor; choose modules "
+                                f"that return one tensor")
+            k, i = name, 1
+            while k in out:
+                i += 1
+                k = f"{name}#{i}"
+            out[k] = (representation(outp, flatten), outp.dtype)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in chosen]
+    try:
+        with eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def capture_hidden(model: nn.Module, x: torch.Tensor, modules=None, *, flatten: str = "channels") -> dict:
+    """The outputs of chosen submodules of ``model`` on batch ``x`` [B, ...], by forward hooks.
+
+    Args:
+        modules: which submodules (see ``select_modules``; default: every activation module).
+        flatten: how outputs of more than two dimensions become matrices (see ``representation``).
+
+    Returns:
+        {name: [rows, features] float64 tensor} in the order the modules ran; a module that runs more
+        than once (one nn.ReLU shared by the layers of a block) gives "name", "name#2", ...
+    The model runs in eval mode (BatchNorm with running statistics) under no_grad, mode restored after.
+    """
+    return {k: m for k, (m, _) in _capture(model, x, modules, flatten).items()}
+
+
+def captured_layers(model: nn.Module, x: torch.Tensor, modules=None, flatten: str = "channels") -> list:
+    """``capture_hidden`` as ``CapturedLayer`` objects (act = hidden = the matrix, no weights) for the
+    ``*_from`` diagnostics; each keeps the dtype its module computed in (it sets rank tolerances)."""
+    return [CapturedLayer(k, None, None, m, m, dt) for k, (m, dt) in _capture(model, x, modules, flatten).items()]
