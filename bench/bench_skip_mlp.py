@@ -43,16 +43,16 @@ from skipkern.reference import skip_linear_composite  # noqa: E402
 SHAPES = {"cifar100": (3072, 128, 20, 100), "mnist1d": (40, 128, 20, 10)}
 SMOKE_SHAPES = {"cifar100": (48, 16, 3, 10), "mnist1d": (8, 16, 3, 4)}
 BATCH, SMOKE_BATCH = 500, 24
-STEP_PROVIDERS = {  # name: (model kind, TrainStep mode)
+STEP_PROVIDERS = {  # name: (model kind, TrainStep mode); the order they run in (a timeout keeps the first)
     "torch eager": ("eager", "eager"),
+    "skipkern mlp + CUDA graph": ("mlp", "graph"),
     "torch eager + CUDA graph": ("eager", "graph"),
-    "torch.compile": ("compiled", "eager"),
-    "torch.compile reduce-overhead": ("eager", "compile"),
-    "skipkern layers": ("layers", "eager"),
     "skipkern layers + CUDA graph": ("layers", "graph"),
     "skipkern mlp": ("mlp", "eager"),
-    "skipkern mlp + CUDA graph": ("mlp", "graph"),
+    "skipkern layers": ("layers", "eager"),
     "skipkern mlp + CUDA graph (ieee)": ("mlp-ieee", "graph"),
+    "torch.compile": ("compiled", "eager"),
+    "torch.compile reduce-overhead": ("eager", "compile"),
 }
 GPU_ONLY = ("graph", "compile", "compiled")
 

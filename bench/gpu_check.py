@@ -9,9 +9,11 @@ failing or timed-out part is recorded and the check goes on. Parts:
   env          device, driver, versions, commit (always)
   nvcc-sm90a   every csrc/cuda/*.cu compiled for sm_90a (needs nvcc only)
   build        pip install --no-deps --no-build-isolation -e . (the CUDA extension for sm_90a included)
-  tests        the GPU tests (CUDA and Triton backends, the whole-MLP kernel, the captured step, the GPU HVP)
-  bench-*      bench/bench_skip_mlp.py (layer, whole MLP, training step per shape), bench/bench_hvp_gpu.py
+  tests-fused  the whole-MLP kernel, the captured step, the GPU HVP, split-K / TF32 / tuning (all tests)
+  tests-backends  the skip_linear grid (CUDA and Triton backends against the reference), rop_epilogue
+  bench-*      bench/bench_skip_mlp.py (training step per shape, layer, whole MLP), bench/bench_hvp_gpu.py
                (HVP at k = 8 and 64 over 10k samples; spectrum with TF32/bf16 products against fp32/fp64)
+The parts run in the order the targets need them, so the budget cuts the least important ones.
 Without CUDA (or with --dry-run) the build is skipped, the tests part runs a CPU smoke subset, the benchmarks
 run as --smoke on the CPU (the Triton interpreter for the fused kernels), and the JSON says so. Writes bench/results/gpu_check-<device>-<date>.json (and, when $OUT is set, a
 copy plus the full logs under $OUT), prints the results table with the targets last. Exit status 1 when a
@@ -36,22 +38,26 @@ sys.path.insert(0, str(ROOT))
 from bench.common import RESULTS_DIR, env_info, format_table  # noqa: E402
 
 PY = sys.executable
-GPU_TESTS = ["tests/test_skip_mlp_fused.py", "tests/test_capture.py", "tests/test_hvp_gpu.py",
-             "tests/test_triton_kernels.py", "tests/test_cuda_kernels.py", "tests/test_skip_linear.py",
-             "tests/test_rop_epilogue.py"]
+FUSED_TESTS = ["tests/test_skip_mlp_fused.py", "tests/test_capture.py", "tests/test_hvp_gpu.py",
+               "tests/test_triton_splitk_tuning.py"]  # all of them, slow marks included (slow in the interpreter)
+BACKEND_TESTS = ["tests/test_skip_linear.py", "tests/test_skip_linear_backends.py", "tests/test_rop_epilogue.py"]
 SMOKE_TESTS = ["tests/test_capture.py"]
-# name, needs CUDA, timeout (s), command (a list), or None for in-process parts
+NO_COMPILE = "torch eager,skipkern mlp + CUDA graph,torch eager + CUDA graph,skipkern layers + CUDA graph,skipkern mlp"
+# name, needs CUDA, timeout (s), command (a list), or None for in-process parts. Ordered by what the targets need,
+# so that the total budget cuts the least important parts.
 PARTS = [
     ("env", False, 30, None),
     ("nvcc-sm90a", False, 120, None),
     ("build", True, 240, [PY, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."]),
-    ("tests", False, 200, None),  # without CUDA: a CPU smoke subset
-    ("bench-layer", False, 60, ["bench/bench_skip_mlp.py", "--part", "layer"]),
-    ("bench-step-cifar100", False, 120, ["bench/bench_skip_mlp.py", "--part", "step", "--shape", "cifar100"]),
-    ("bench-step-mnist1d", False, 100, ["bench/bench_skip_mlp.py", "--part", "step", "--shape", "mnist1d"]),
-    ("bench-mlp", False, 80, ["bench/bench_skip_mlp.py", "--part", "mlp", "--shape", "mnist1d"]),
-    ("bench-hvp", False, 90, ["bench/bench_hvp_gpu.py", "--part", "time"]),
-    ("hvp-precision", False, 60, ["bench/bench_hvp_gpu.py", "--part", "precision"]),
+    ("tests-fused", False, 150, None),  # without CUDA: a CPU smoke subset
+    ("bench-step-cifar100", False, 110, ["bench/bench_skip_mlp.py", "--part", "step", "--shape", "cifar100"]),
+    ("bench-hvp", False, 80, ["bench/bench_hvp_gpu.py", "--part", "time"]),
+    ("bench-layer", False, 50, ["bench/bench_skip_mlp.py", "--part", "layer"]),
+    ("tests-backends", True, 120, None),
+    ("hvp-precision", False, 45, ["bench/bench_hvp_gpu.py", "--part", "precision"]),
+    ("bench-step-mnist1d", False, 70, ["bench/bench_skip_mlp.py", "--part", "step", "--shape", "mnist1d",
+                                       "--providers", NO_COMPILE + ",torch.compile"]),
+    ("bench-mlp", False, 40, ["bench/bench_skip_mlp.py", "--part", "mlp", "--shape", "mnist1d"]),
 ]
 TARGETS = "CIFAR-100 step <= 0.1 ms and >= 2x torch.compile; HVP k=64 over 10k <= 10 ms; layer fwd+bwd >= 1.5x eager"
 
@@ -113,11 +119,14 @@ def _nvcc(log: Path) -> tuple[str, int, float, dict]:
     return status, rc, secs, {"sources": done}
 
 
-def _tests_cmd(junit: Path, smoke: bool) -> list:
-    files = [f for f in (SMOKE_TESTS if smoke else GPU_TESTS) if (ROOT / f).exists()]
-    cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(junit), "-m", "not slow", *files]
+def _tests_cmd(name: str, junit: Path, smoke: bool) -> list:
+    files = SMOKE_TESTS if smoke else (FUSED_TESTS if name == "tests-fused" else BACKEND_TESTS)
+    files = [f for f in files if (ROOT / f).exists()]
+    cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(junit), "--timeout", "120", *files]
+    if smoke or name == "tests-backends":
+        cmd[3:3] = ["-m", "not slow"]
     if not smoke:
-        cmd[3:3] = ["-n", "8"]  # pytest-xdist: Triton compiles the kernel variants on 8 cores
+        cmd[3:3] = ["-n", "12"]  # pytest-xdist: Triton compiles the kernel variants on 12 cores
     return cmd
 
 
@@ -126,10 +135,13 @@ def run_check(args) -> dict:
     dry = args.dry_run or not have_cuda
     mode = "gpu" if not dry else ("dry-run" if args.dry_run else "dry-run (no CUDA device found)")
     print(f"[gpu_check] mode: {mode}", flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SKIPKERN_CUDA_ARCH="-gencode=arch=compute_90a,code=sm_90a")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SKIPKERN_CUDA_ARCH="-gencode=arch=compute_90a,code=sm_90a",
+               SKIPKERN_TUNE_CACHE=str(work_dir() / "triton-tune.json"))
+    if args.tune:
+        env["SKIPKERN_TRITON_AUTOTUNE"] = "1"  # the first call of each shape times the candidate configs
     if dry:
         env.setdefault("TRITON_INTERPRET", "1")
-    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    work = work_dir()
     wanted = set(args.parts.split(",")) if args.parts else None
     start, parts, rows = time.perf_counter(), [], []
     for name, needs_cuda, timeout, cmd in PARTS:
@@ -154,8 +166,8 @@ def run_check(args) -> dict:
         if name == "nvcc-sm90a":
             status, rc, secs, extra = _nvcc(log)
         else:
-            if name == "tests":
-                cmd = _tests_cmd(work / "junit.xml", dry)
+            if name.startswith("tests"):
+                cmd = _tests_cmd(name, work / f"{name}.xml", dry)
             elif cmd[0].startswith("bench/"):
                 cmd = [PY, *cmd, "--json", str(out_json)] + (["--smoke"] if dry else [])
             if name in args.inject_failure:
@@ -164,8 +176,8 @@ def run_check(args) -> dict:
                 cmd, timeout = [PY, "-c", "import time; time.sleep(60)"], 2
             print(f"[gpu_check] {name}: {' '.join(cmd)} (timeout {min(timeout, left):.0f} s)", flush=True)
             status, rc, secs = _run(cmd, min(timeout, left), log, env)
-            if name == "tests":
-                extra = {"junit": _junit(work / "junit.xml")}
+            if name.startswith("tests"):
+                extra = {"junit": _junit(work / f"{name}.xml")}
             if out_json.exists():
                 try:
                     part_rows = json.loads(out_json.read_text()).get("rows", [])
@@ -181,6 +193,16 @@ def run_check(args) -> dict:
     return {"name": "gpu_check", "mode": mode, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - start, 1), "env": env_info(), "parts": parts, "rows": rows,
             "targets": targets(rows), "_logs": logs}
+
+
+_WORK: list = []
+
+
+def work_dir() -> Path:
+    """This run's scratch folder (logs, part JSONs, junit files, the tuning cache)."""
+    if not _WORK:
+        _WORK.append(Path(tempfile.mkdtemp(prefix="gpu_check-")))
+    return _WORK[0]
 
 
 def _cuda() -> bool:
@@ -284,6 +306,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default=None, help="comma-separated part names to run (default: all)")
     ap.add_argument("--budget", type=float, default=470.0, help="total seconds for all parts")
     ap.add_argument("--json", default=None, help="write the JSON here instead of bench/results/")
+    ap.add_argument("--tune", action="store_true", help="time candidate tile configs per shape (slower; see "
+                    "kernels/tuning.py)")
     ap.add_argument("--inject-failure", default="", help="parts replaced by a failing command (tests of this script)")
     ap.add_argument("--inject-timeout", default="", help="parts replaced by a command that times out")
     args = ap.parse_args(argv)

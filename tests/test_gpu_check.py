@@ -26,13 +26,14 @@ def _run(tmp_path, *args):
 
 @pytest.mark.slow
 def test_dry_run_records_failures_and_goes_on(tmp_path):
-    res, data = _run(tmp_path, "--parts", "env,build,bench-layer,bench-mlp,tests",
-                     "--inject-failure", "bench-layer", "--inject-timeout", "bench-mlp,tests")
+    res, data = _run(tmp_path, "--parts", "env,build,bench-layer,bench-mlp,tests-fused,tests-backends",
+                     "--inject-failure", "bench-layer", "--inject-timeout", "bench-mlp,tests-fused")
     assert res.returncode == 1, res.stdout + res.stderr
     status = {p["name"]: p["status"] for p in data["parts"]}
     assert status["env"] == "ok"
     assert status["build"] == "skipped (dry run)"
-    assert status["bench-layer"] == "failed" and status["bench-mlp"] == "timeout" and status["tests"] == "timeout"
+    assert status["bench-layer"] == "failed" and status["bench-mlp"] == "timeout" and status["tests-fused"] == "timeout"
+    assert status["tests-backends"] == "skipped (dry run)"
     assert status["hvp-precision"] == "not selected"
     assert data["mode"] == "dry-run" and data["env"]["git_commit"]
     assert "injected failure" in next(p for p in data["parts"] if p["name"] == "bench-layer")["log_tail"]
