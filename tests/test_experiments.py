@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from skipkern.experiments import (INCONCLUSIVE, NOT_REPRODUCED, ORDER, RECIPES, REPRODUCED, Context, compare,
-                                  correlation, get_recipe, stats, verdict)
+from skipkern.experiments import (INCONCLUSIVE, INVALID, NOT_REPRODUCED, ORDER, PREDICTIONS, RECIPES, REPRODUCED,
+                                  Context, compare, correlation, get_recipe, stats, verdict)
 from skipkern.experiments import simplified as S
-from skipkern.experiments.runs import RunSpec, deep_spec
+from skipkern.experiments.runs import RunSpec, deep_spec, schedule
 from skipkern.report import write_report
 
-VERDICTS = {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
+VERDICTS = {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, INVALID}
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +40,41 @@ def _check_common(ctx: Context, name: str) -> dict:
     assert {f["result"] for f in res["findings"]} == expected
     for f in res["findings"]:
         assert f["verdict"] in VERDICTS and f["evidence"] and f["claim"]
+        keys = [o["key"] for o in f["outcomes"]]
+        assert keys == [p.key for p in PREDICTIONS if p.result == f["result"]]  # every registered prediction judged
+        for o in f["outcomes"]:
+            assert o["verdict"] in VERDICTS and o["rule"]
+    if name not in ("simplified", "signal"):  # both init families, side by side
+        assert {f["family"] for f in res["findings"]} == ({"glorot", "scaled"} if expected else set())
     return res
 
 
 # ------------------------------------------------------------------------------------- statistics
-def test_stats_and_compare():
+def test_stats_and_two_sided_compare():
     s = stats([1.0, 2.0, 3.0, float("nan")])
     assert s["n"] == 3 and s["mean"] == 2.0 and s["std"] == pytest.approx(1.0)
     assert compare("a", [0.9, 0.91, 0.92], "b", [0.5, 0.52, 0.51], ">").outcome == "holds"
     assert compare("a", [0.5, 0.52, 0.51], "b", [0.9, 0.91, 0.92], ">").outcome == "fails"
     assert compare("a", [0.5, 0.7, 0.6], "b", [0.6, 0.5, 0.62], ">").outcome == "unclear"
-    assert compare("a", [0.60, 0.61], "b", [0.62, 0.60], "~", tol=0.03).outcome == "holds"
-    assert compare("a", [0.50, 0.51], "b", [0.62, 0.63], "~", tol=0.03).outcome == "fails"
-    assert compare("a", [0.58], "b", [0.60], ">=", tol=0.05).outcome == "holds"
+    assert compare("a", [0.60, 0.61, 0.605], "b", [0.60, 0.61, 0.605], "~", tol=0.03).outcome == "holds"
+    assert compare("a", [0.50, 0.51, 0.505], "b", [0.62, 0.63, 0.625], "~", tol=0.03).outcome == "fails"
     c = [compare("a", [1.0, 1.01], "b", [0.0, 0.01], ">")]
     assert verdict(c) == REPRODUCED
     assert verdict(c + [compare("a", [0.0, 0.01], "b", [1.0, 1.01], ">")]) == NOT_REPRODUCED
     assert verdict([compare("a", [0.5, 0.7], "b", [0.6, 0.5], ">")]) == INCONCLUSIVE
-    with pytest.raises(ValueError, match="relation"):
-        compare("a", [1.0], "b", [0.0], "!=")
+    for rel in (">=", "<=", "!="):  # one-sided rules hold when nothing happened: refused
+        with pytest.raises(ValueError, match="relation"):
+            compare("a", [1.0], "b", [0.0], rel)
+
+
+def test_schedule_counts_steps():
+    spec = RunSpec(arch="plain", depth=3, width=4, seed=0, steps=25, batch_size=10, eval_points=4, diag_points=2,
+                   spectra=("init", "end"))
+    plan = schedule(spec, n_train=40)  # 4 steps per epoch: 7 epochs, the last one partial
+    assert plan["epochs"] == 7 and plan["steps_per_epoch"] == 4
+    assert 7 % plan["eval_every"] == 0 and 7 % plan["diagnostics_every"] == 0
+    assert plan["spectrum_at"] == [0, 7]
+    assert schedule(spec, n_train=400)["epochs"] == 1  # more data, same steps
 
 
 def test_correlation_matches_scipy_conventions():
@@ -102,6 +118,7 @@ def test_simplified_fisher_nullity_on_overlap_line():
     assert int(S.fisher_nullity(Jr, w, x, False, "erf")) == 0
 
 
+@pytest.mark.slow
 def test_simplified_recipe(ctx):
     res = get_recipe("simplified").run(ctx)
     _check_common(ctx, "simplified")
@@ -115,50 +132,64 @@ def test_simplified_recipe(ctx):
 # ----------------------------------------------------------------------------------- deep recipes
 def test_runspec_key_ignores_label_and_spec_sharing(ctx):
     cfg = get_recipe("architectures").config("tiny")
-    a, b = deep_spec(cfg, "plain", 0), deep_spec(cfg, "plain", 0, label="other")
+    a, b = deep_spec(cfg, "plain", 0, "glorot"), deep_spec(cfg, "plain", 0, "glorot", label="other")
     assert a.key(ctx) == b.key(ctx)
-    assert a.key(ctx) != deep_spec(cfg, "plain", 1).key(ctx)
-    assert deep_spec(get_recipe("skips").config("tiny"), "plain", 0).key(ctx) == a.key(ctx)  # shared runs
-    assert isinstance(a, RunSpec) and a.spectrum_at == tuple(cfg["spectrum_at"])
+    assert a.key(ctx) != deep_spec(cfg, "plain", 1, "glorot").key(ctx)
+    assert a.key(ctx) != deep_spec(cfg, "plain", 0, "scaled").key(ctx)  # the init family is part of the identity
+    assert deep_spec(get_recipe("skips").config("tiny"), "plain", 0, "glorot").key(ctx) == a.key(ctx)  # shared runs
+    assert isinstance(a, RunSpec) and a.spectra == tuple(cfg["spectra"]) and a.steps == cfg["steps"]
 
 
+@pytest.mark.slow
 def test_architectures_recipe(ctx):
     res = get_recipe("architectures").run(ctx)
     _check_common(ctx, "architectures")
-    assert {r["condition"] for r in res["runs"]} == {"plain", "residual", "hyper_residual"}
-    assert len(res["runs"]) == 3 * len(res["seeds"])
+    assert {(r["family"], r["condition"]) for r in res["runs"]} == {
+        (f, a) for f in ("glorot", "scaled") for a in ("plain", "residual", "hyper_residual")}
+    assert len(res["runs"]) == 6 * len(res["seeds"])
     for r in res["runs"]:
         assert 0.0 <= r["final_train_acc"] <= 1.0
-        assert 0.0 <= r["mean_fraction_degenerate_rel"] <= 1.0  # spectra at epochs 0 and 1
-        assert r["mean_spectral_scale"] > 0
-    run = json.loads((ctx.out / "runs").joinpath(
-        next(p.name for p in (ctx.out / "runs").iterdir() if p.name.startswith("plain-")), "record.json").read_text())
-    epochs = [h["epoch"] for h in run["history"]]
-    assert epochs == [0, 1]
+        for when in ("init", "end"):
+            lo, v, hi = (r[f"{when}_fraction_degenerate{s}"] for s in ("_lower", "", "_upper"))
+            assert 0.0 <= lo <= v + 1e-12 and v <= hi + 1e-12 <= 1.0 + 1e-12
+    folder = next(p for p in (ctx.out / "runs").iterdir() if p.name.startswith("glorot-plain-"))
+    run = json.loads((folder / "record.json").read_text())
+    cfg = get_recipe("architectures").config("tiny")
+    assert run["history"][-1]["step"] == cfg["steps"]  # the budget is steps
     assert "condition_numbers" in run["history"][0]["diagnostics"]
-    assert {"fraction_degenerate", "fraction_degenerate_rel", "spectral_scale"} <= set(run["history"][-1]["spectrum"])
-    by = {f["result"]: f for f in res["findings"]}
-    assert set(by[7]["numbers"]["singular_layers"]) == {"init", "final"}
+    assert {"init", "end"} == set(run["spectra"]) and run["spectra"]["end"]["rms"] > 0
+    sig = run["signal"]
+    assert len(sig["init"]["hidden_ratio"]) == cfg["depth"] and sig["init"]["loss"] > 0
+    assert {"glorot", "scaled"} == set(res["signal"]) and set(res["gates"]) == {"glorot", "scaled"}
+    by = {(f["result"], f["family"]): f for f in res["findings"]}
+    assert set(by[(7, "glorot")]["numbers"]) == {"init", "final"}
+    assert any(s.startswith("architectures_density_") for s in res["figures"])
 
 
-@pytest.mark.parametrize("name", ["skips", "malicious", "seeds", "biasreg"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["skips", "malicious", "seeds", "biasreg", "skip_benefit"])
 def test_other_recipes(ctx, name):
     res = get_recipe(name).run(ctx)
     _check_common(ctx, name)
     conds = {r["condition"] for r in res["runs"]}
     expected = {"skips": {"plain", "residual", "orthogonal", "degenerate_0.5"},
                 "malicious": {"residual", "malicious", "plain"}, "seeds": {"plain"},
-                "biasreg": {"plain", "biasl2reg", "biasreg", "biasreg_bn", "residual"}}[name]
-    assert conds == expected
+                "biasreg": {"plain", "biasl2reg", "biasreg", "biasreg_bn", "residual"},
+                "skip_benefit": {f"{a}@depth{d}@gain1" for a in ("plain", "residual", "orthogonal") for d in (2, 3)}}
+    assert conds == expected[name]
     if name == "seeds":
         corr = res["findings"][0]["numbers"]["correlations"]
-        assert {"spearman_r", "pearson_r", "n"} <= set(corr[res["findings"][0]["numbers"]["primary"]])
-        assert len(res["runs"]) == get_recipe("seeds").config("tiny")["n_nets"]
+        assert {"spearman_r", "spearman_low", "spearman_high", "pearson_r", "n"} <= set(corr["dead_fraction"])
+        assert len(res["runs"]) == 2 * get_recipe("seeds").config("tiny")["n_nets"]
     if name == "biasreg":
-        assert {"mu", "sigma", "lam"} <= set(res["chosen"]) and len(res["search"]) == 2
+        assert set(res["chosen"]) == {"glorot", "scaled"} and len(res["search"]["glorot"]) == 2
+        assert sum(r["chosen"] for r in res["search"]["glorot"]) == 1
         assert res["bn_layer"] == get_recipe("biasreg").config("tiny")["depth"] // 2
+    if name == "skip_benefit":
+        assert res["sections"] and (ctx.out / name / "gaps.csv").is_file()
 
 
+@pytest.mark.slow
 def test_report_after_all_recipes(ctx):
     """Runs after the recipe tests (same module-scoped folder): every result has a verdict line."""
     for name in ORDER:
@@ -169,9 +200,14 @@ def test_report_after_all_recipes(ctx):
     for k in range(1, 8):
         assert f"| {k} |" in text
     assert "not run" not in text
+    for needed in ("Glorot init (the paper's)", "scaled init (scale-controlled)", "## Sanity gates",
+                   "## Signal propagation", "## Hessian eigenvalue densities", "Where do skips help?"):
+        assert needed in text, needed
     summary = json.loads((ctx.out / "summary.json").read_text())
-    assert [r["result"] for r in summary["results"]][:7] == list(range(1, 8))
+    assert [(r["result"], r["family"]) for r in summary["results"]][:2] == [(1, "glorot"), (1, "scaled")]
     assert all(r["verdict"] in VERDICTS for r in summary["results"])
+    sig = json.loads((ctx.out / "signal" / "results.json").read_text())
+    assert sig["sections"] and "flagged_runs" in sig
     for line in text.splitlines():  # every linked figure exists
         if line.startswith("!["):
             rel = line[line.index("(") + 1:line.index(")")]

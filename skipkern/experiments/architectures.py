@@ -1,10 +1,12 @@
-"""Experiment ``architectures``: plain vs residual vs hyper-residual nets (docs/paper.md, results 1, 2, 7).
+"""Experiment ``architectures``: plain vs residual vs hyper-residual nets (docs/paper.md, results 1, 2, 7),
+in each init family.
 
-Same depth, width, data and budget for the three; several seeds each. Measured per run: training
-accuracy over epochs (result 1), the fractions of degenerate (|lambda| <= eps) and negative Hessian
-eigenvalues at the spectrum checkpoints (result 2), and the per-layer diagnostics, among them the
-condition number of each hidden representation (result 7: numerically infinite deep in plain nets,
-finite in residual nets; Oyedotun et al.).
+Same depth, width, data, seeds and step budget for the three. Measured per run: training accuracy over
+the steps (result 1); the Hessian eigenvalue density at initialisation and at the end, with the
+degenerate fraction at comparable thresholds, its probe error and quadrature bounds (result 2; the
+paper's central figure is the densities themselves); the condition number of each hidden
+representation (result 7: numerically infinite deep in plain nets, finite in residual nets; Oyedotun
+et al.), plus dead units, participation ratio and gradient norms per layer.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import time
 
 import numpy as np
 
-from skipkern.experiments.common import (PAPER_CLAIMS, Context, Finding, compare, fmt, stats, verdict)
-from skipkern.experiments.deep import (LOG10_COND_CAP, accuracy_figure, acc_summary, curves, final_values,
-                                       rank_floor, run_conditions, run_rows, seeds_of, spectrum_values,
-                                       write_outputs)
+from skipkern.experiments.common import Context, fmt, stats
+from skipkern.experiments.deep import (LOG10_COND_CAP, acc_evidence, acc_summary, accuracy_figure, families_of,
+                                       final_values, finding, gates_of, run_families, seeds_of, write_outputs)
 from skipkern.experiments.runs import deep_spec, diag_series
-from skipkern.plotting import band_plot, layer_plot, new_figure, save_figure
+from skipkern.experiments.spectra import TAU, TAUS, density_figure, fraction_key
+from skipkern.plotting import color_for, layer_plot, legend_outside, mean_ci, new_figure, save_figure
 
 NAME = "architectures"
 ARCHS = ("plain", "residual", "hyper_residual")
@@ -32,143 +34,179 @@ def cond_profile(rec: dict, which: str = "final") -> np.ndarray:
     return d[min(d)] if which == "init" else d[max(d)]
 
 
-def singular_layers(profile: np.ndarray) -> int:
-    """Hidden layers whose representation is numerically singular (cond inf or above 10^LOG10_COND_CAP)."""
+def log10_capped(profile: np.ndarray) -> np.ndarray:
+    """log10 of condition numbers with inf and values above 10^LOG10_COND_CAP drawn at the cap."""
     p = np.asarray(profile, dtype=float)
-    return int((~np.isfinite(p) | (p > 10 ** LOG10_COND_CAP)).sum())
+    with np.errstate(all="ignore"):
+        lg = np.where(np.isfinite(p) & (p > 0), np.log10(p), LOG10_COND_CAP)
+    return np.minimum(lg, LOG10_COND_CAP)
 
 
-def max_finite_log10(profile: np.ndarray) -> float:
-    """log10 of the largest finite condition number of a profile (NaN if none is finite)."""
-    p = np.asarray(profile, dtype=float)
-    p = p[np.isfinite(p)]
-    return float(np.log10(p.max())) if p.size else math.nan
+def cond_measures(rec: dict, which: str = "final") -> dict:
+    """log10 condition number of the last hidden layer and its least-squares slope over the layers
+    (decades per layer), both with numerically singular layers at the cap; singular-layer count."""
+    lg = log10_capped(cond_profile(rec, which))
+    layers = np.arange(1, lg.size + 1)
+    ok = np.isfinite(lg)
+    slope = float(np.polyfit(layers[ok], lg[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+    return {"log10_cond_last": float(lg[-1]), "log10_cond_slope": slope,
+            "singular_layers": int((lg >= LOG10_COND_CAP).sum())}
+
+
+def spectral_values(records: dict, when: str, tau: float = TAU, kind: str = "degenerate") -> tuple:
+    """({condition: per-seed Gauss estimates}, {condition: (per-seed lower bounds, upper bounds)},
+    {condition: per-seed N(C-1)/P}) of the fraction at threshold tau x rms at ``when``."""
+    vals, bounds, ratio = {}, {}, {}
+    key = fraction_key(kind, tau)
+    for c, recs in records.items():
+        fr = [(r.get("spectra") or {}).get(when, {}) for r in recs]
+        if not any(key in f for f in fr):
+            continue
+        vals[c] = [f.get(key, {}).get("value", math.nan) for f in fr]
+        bounds[c] = ([f.get(key, {}).get("lower", math.nan) for f in fr],
+                     [f.get(key, {}).get("upper", math.nan) for f in fr])
+        ratio[c] = [f.get("rank_ratio", math.nan) for f in fr]
+    return vals, bounds, ratio
+
+
+def rank_sentence(ratio: dict) -> str:
+    """Where N (C - 1) is below P (a data-rank floor), by how much; else that it is above."""
+    r = [v for vs in ratio.values() for v in vs if math.isfinite(v)]
+    if not r:
+        return ""
+    lo = min(r)
+    if lo >= 1:
+        return (f"Data rank: N (C - 1) / P = {lo:.2f} or more, so the data do not force zero eigenvalues (no "
+                f"data-rank floor).")
+    return (f"Data rank: N (C - 1) / P = {lo:.2f} < 1: at least {1 - lo:.0%} of the eigenvalues are zero in every "
+            f"net because of the sample count alone; the fractions can differ only above that floor.")
 
 
 def specs_for(ctx: Context, cfg: dict, archs=ARCHS) -> dict:
     seeds = seeds_of(ctx, cfg)
-    return {a: [deep_spec(cfg, a, s) for s in seeds] for a in archs}
+    return {fam: {a: [deep_spec(cfg, a, s, fam) for s in seeds] for a in archs} for fam in families_of(cfg)}
 
 
 def run(ctx: Context, cfg: dict) -> dict:
     t0 = time.perf_counter()
     out = ctx.exp_dir(NAME)
     seeds = seeds_of(ctx, cfg)
-    records = run_conditions(ctx, NAME, specs_for(ctx, cfg))
-    acc = final_values(records)
-
-    # result 1: training accuracy
-    c1 = [compare("hyper_residual", acc["hyper_residual"], "residual", acc["residual"], ">=", pct=True),
-          compare("residual", acc["residual"], "plain", acc["plain"], ">", pct=True)]
-    f1 = Finding(1, PAPER_CLAIMS[1], verdict(c1),
-                 "Final training accuracy after {} epochs: ".format(cfg["epochs"])
-                 + "; ".join(f"{a} {fmt(acc[a], pct=True)}" for a in ARCHS) + ".", c1,
-                 {"final_train_acc": acc}, "architectures_train_accuracy")
-
-    # result 2: degenerate eigenvalue fraction, averaged over the spectrum checkpoints of each run. The
-    # verdict uses the scale-free threshold (|lambda| <= rel * max|lambda|); the absolute one is reported.
-    deg = {a: [spectrum_values(r, "fraction_degenerate_rel") for r in records[a]] for a in ARCHS}
-    deg_abs = {a: [spectrum_values(r, "fraction_degenerate") for r in records[a]] for a in ARCHS}
-    neg = {a: [spectrum_values(r, "fraction_negative_rel") for r in records[a]] for a in ARCHS}
-    scale = {a: [spectrum_values(r, "spectral_scale") for r in records[a]] for a in ARCHS}
-    if all(np.isfinite(v).any() for v in deg.values()):
-        c2 = [compare("plain", deg["plain"], "residual", deg["residual"], ">", pct=True),
-              compare("residual", deg["residual"], "hyper_residual", deg["hyper_residual"], ">", pct=True)]
-        ev2 = (f"Fraction of Hessian eigenvalues with |lambda| <= {cfg.get('degenerate_rel')} x max|lambda|, mean "
-               f"over the checkpoints at epochs {list(cfg.get('spectrum_at', ()))}: "
-               + "; ".join(f"{a} {fmt(deg[a], pct=True)}" for a in ARCHS)
-               + f". With the absolute threshold |lambda| <= {cfg.get('degenerate_eps')}: "
-               + "; ".join(f"{a} {fmt(deg_abs[a], pct=True)}" for a in ARCHS)
-               + ". Negative fraction (lambda < -threshold): " + "; ".join(f"{a} {fmt(neg[a], pct=True)}" for a in ARCHS)
-               + ". Spectral scale max|lambda|: " + "; ".join(f"{a} {fmt(scale[a], 3)}" for a in ARCHS) + ". "
-               + rank_floor(ctx, cfg, records["plain"])[1])
-        f2 = Finding(2, PAPER_CLAIMS[2], verdict(c2), ev2, c2,
-                     {"fraction_degenerate_rel": deg, "fraction_degenerate_abs": deg_abs, "fraction_negative_rel": neg,
-                      "spectral_scale": scale}, "architectures_spectra")
-    else:
-        f2 = Finding(2, PAPER_CLAIMS[2], "inconclusive", "No Hessian spectra were computed in this configuration "
-                     "(spectrum_at is empty).", [], {}, "")
-
-    # result 7: condition numbers of the hidden representations (end of training; init reported too)
-    sing = {w: {a: [singular_layers(cond_profile(r, w)) for r in records[a]] for a in ("plain", "residual")}
-            for w in ("init", "final")}
-    maxlog = {a: [max_finite_log10(cond_profile(r)) for r in records[a]] for a in ARCHS}
-    c7 = [compare("plain", sing["final"]["plain"], "residual", sing["final"]["residual"], ">"),
-          compare("residual", sing["final"]["residual"], "zero", [0.0], "<=", tol=0.5)]
-    for c in c7:
-        c.text = "numerically singular hidden layers (cond > 1e8 or inf) after training: " + c.text
-    depth = cfg["depth"]
-    ev7 = (f"Hidden layers (of {depth}) whose representation matrix is numerically singular, after training: "
-           f"plain {fmt(sing['final']['plain'], 1)}, residual {fmt(sing['final']['residual'], 1)}; at "
-           f"initialisation: plain {fmt(sing['init']['plain'], 1)}, residual {fmt(sing['init']['residual'], 1)}. "
-           f"Largest finite log10 condition number after training: "
-           + "; ".join(f"{a} {fmt(maxlog[a], 2)}" for a in ARCHS) + ".")
-    f7 = Finding(7, PAPER_CLAIMS[7], verdict(c7), ev7, c7, {"singular_layers": sing, "max_finite_log10_cond": maxlog},
-                 "architectures_condition_numbers")
-
-    figs = [accuracy_figure(out, "architectures_train_accuracy", records,
-                            f"depth {depth}, width {cfg['width']}: training accuracy")]
-    figs.append(_spectra_figure(out, records, cfg))
-    figs.append(_condition_figure(out, records))
-    figs.append(_diagnostics_figure(out, records))
-    figs = [f for f in figs if f]
-
-    def extra(cond: str, r: dict) -> dict:
-        return {"singular_layers_init": singular_layers(cond_profile(r, "init")),
-                "singular_layers_final": singular_layers(cond_profile(r, "final"))}
-
-    summary = acc_summary(records)
-    for a in ARCHS:
-        summary[a].update(mean_fraction_degenerate_rel=stats(deg[a]), mean_fraction_degenerate_abs=stats(deg_abs[a]),
-                          mean_fraction_negative_rel=stats(neg[a]), mean_spectral_scale=stats(scale[a]))
-    return write_outputs(ctx, NAME, cfg, seeds, records, [f1, f2, f7], figs, summary, t0,
-                         rows=run_rows(records, extra))
+    by_fam = run_families(ctx, NAME, specs_for(ctx, cfg))
+    findings, summary, figs = [], {}, []
+    figs.append(accuracy_figure(out, "architectures_train_accuracy", by_fam,
+                                f"depth {cfg['depth']}, width {cfg['width']}"))
+    for fam, records in by_fam.items():
+        gates = gates_of(records)
+        acc = final_values(records)
+        findings.append(finding(1, fam, acc, gates, acc_evidence(acc, cfg["steps"]), {"final_train_acc": acc},
+                                "architectures_train_accuracy"))
+        density = density_figure(out, f"architectures_density_{fam}", _spectra_files(records),
+                                 f"Hessian eigenvalue density, {fam} init, depth {cfg['depth']}, width {cfg['width']}")
+        figs.append(density)
+        deg, bounds, ratio = spectral_values(records, "end")
+        deg0, _, _ = spectral_values(records, "init")
+        if deg:
+            ev2 = (f"Fraction of Hessian eigenvalues with |λ| <= {TAU:g} x rms(λ) after training (Gauss estimate; "
+                   f"quadrature bounds [lower, upper] averaged over seeds): "
+                   + "; ".join(f"{a} {fmt(deg[a], pct=True)} [{np.nanmean(bounds[a][0]):.1%}, "
+                               f"{np.nanmean(bounds[a][1]):.1%}]" for a in deg)
+                   + ". At initialisation: " + "; ".join(f"{a} {fmt(deg0[a], pct=True)}" for a in deg0) + ". "
+                   + rank_sentence(ratio))
+            cav = ["Each interval below covers the quadrature bounds of every run; where they are wide the m-step "
+                   "quadrature lumps the eigenvalues near zero into one Ritz node and cannot resolve the threshold.",
+                   f"Threshold sweep (tau in {list(TAUS)}) in architectures/architectures_threshold_sweep_{fam}.png."]
+            findings.append(finding(2, fam, {"fraction_degenerate": deg}, gates, ev2,
+                                    {"fraction_degenerate": deg, "bounds": bounds, "init": deg0, "rank_ratio": ratio},
+                                    density, bounds={"fraction_degenerate": bounds}, caveats=cav))
+            figs.append(_sweep_figure(out, fam, records))
+        cm = {a: [cond_measures(r) for r in records[a]] for a in ARCHS}
+        cm0 = {a: [cond_measures(r, "init") for r in records[a]] for a in ARCHS}
+        vals7 = {m: {a: [d[m] for d in cm[a]] for a in ARCHS} for m in ("log10_cond_last", "log10_cond_slope")}
+        ev7 = (f"After training, log10 condition number of the last hidden representation (numerically singular "
+               f"drawn at {LOG10_COND_CAP:g}): " + "; ".join(f"{a} {fmt(vals7['log10_cond_last'][a], 2)}" for a in ARCHS)
+               + "; slope over the layers (decades per layer): "
+               + "; ".join(f"{a} {fmt(vals7['log10_cond_slope'][a], 3)}" for a in ARCHS)
+               + "; numerically singular layers: "
+               + "; ".join(f"{a} {fmt([d['singular_layers'] for d in cm[a]], 1)}" for a in ARCHS)
+               + ". At initialisation, last layer: "
+               + "; ".join(f"{a} {fmt([d['log10_cond_last'] for d in cm0[a]], 2)}" for a in ARCHS) + ".")
+        findings.append(finding(7, fam, vals7, gates, ev7, {"final": cm, "init": cm0},
+                                "architectures_condition_numbers"))
+        summary[fam] = acc_summary(records)
+        for a in deg:
+            summary[fam][a]["fraction_degenerate_end"] = stats(deg[a])
+    figs.append(_condition_figure(out, by_fam))
+    figs.append(_diagnostics_figure(out, by_fam))
+    return write_outputs(ctx, NAME, cfg, seeds, by_fam, findings, [f for f in figs if f], summary, t0)
 
 
-def _spectra_figure(out, records: dict, cfg: dict) -> str:
-    panels = [("spectrum.fraction_degenerate_rel", f"fraction |lambda| <= {cfg.get('degenerate_rel')} max|lambda|",
-               "degenerate eigenvalues (scale-free)", False),
-              ("spectrum.fraction_degenerate", f"fraction |lambda| <= {cfg.get('degenerate_eps')}",
-               "degenerate eigenvalues (absolute)", False),
-              ("spectrum.fraction_negative_rel", "fraction of negative eigenvalues", "negative eigenvalues", False),
-              ("spectrum.spectral_scale", "max |lambda| (spectral scale)", "Hessian scale", True)]
-    ep, _ = curves(records, panels[0][0])
-    if ep.size == 0:
-        return ""
-    fig, axes = new_figure(2, 2, width=5.0)
-    for ax, (key, ylabel, title, logy) in zip(axes, panels):
-        epochs, vals = curves(records, key)
-        band_plot(ax, epochs, vals, xlabel="epoch", ylabel=ylabel, title=title, logy=logy)
-        for line in ax.get_lines():
-            line.set_marker("o")
-    save_figure(fig, out, "architectures_spectra")
-    return "architectures_spectra"
+def _spectra_files(records: dict) -> dict:
+    return {a: {w: [r["spectra"][w]["path"] for r in recs if w in (r.get("spectra") or {})] for w in ("init", "end")}
+            for a, recs in records.items()}
 
 
-def _condition_figure(out, records: dict) -> str:
-    fig, axes = new_figure(2, 1, width=5.2)
+def _sweep_figure(out, fam: str, records: dict) -> str:
+    """Degenerate fraction against the threshold tau (x rms), with quadrature bounds, init and end."""
+    fig, axes = new_figure(2, 1, width=5.2, height=3.8)
+    for ax, when in zip(axes, ("init", "end")):
+        for a, recs in records.items():
+            est, lo, hi = [], [], []
+            for tau in TAUS:
+                v, b, _ = spectral_values({a: recs}, when, tau)
+                if a not in v:
+                    break
+                est.append(mean_ci(v[a])[0]), lo.append(np.nanmean(b[a][0])), hi.append(np.nanmean(b[a][1]))
+            if len(est) != len(TAUS):
+                continue
+            c = color_for(a)
+            ax.plot(TAUS, est, marker="o", color=c, label=f"{a}: Gauss estimate (mean of n={len(recs)} seeds)")
+            ax.fill_between(TAUS, lo, hi, color=c, alpha=0.15, lw=0)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("threshold tau (|λ| <= tau x rms(λ))")
+        ax.set_ylabel("fraction of eigenvalues")
+        ax.set_title(f"{fam} init, {'at initialisation' if when == 'init' else 'after training'}: shaded = "
+                     f"quadrature bounds (seed mean)", fontsize=9)
+        ax.grid(alpha=0.3)
+    legend_outside(fig, axes[0].get_legend_handles_labels()[0])
+    stem = f"architectures_threshold_sweep_{fam}"
+    save_figure(fig, out, stem)
+    return stem
+
+
+def _condition_figure(out, by_fam: dict) -> str:
+    fams = list(by_fam)
+    fig, axes = new_figure(len(fams), 2, width=5.4, height=3.6)
     cap = 10.0 ** LOG10_COND_CAP
-    for ax, which in zip(axes, ("init", "final")):
-        runs = {a: np.stack([cond_profile(r, which) for r in records[a]]) for a in ARCHS}
-        layer_plot(ax, runs, ylabel="condition number of hidden representation", logy=True, cap=cap,
-                   title=f"condition numbers per layer ({'initialisation' if which == 'init' else 'after training'})")
+    for j, fam in enumerate(fams):
+        for i, which in enumerate(("init", "final")):
+            runs = {a: np.stack([cond_profile(r, which) for r in by_fam[fam][a]]) for a in ARCHS}
+            layer_plot(axes[i * len(fams) + j], runs, ylabel="condition number", logy=True, cap=cap, legend=False,
+                       title=f"{fam} init: {'at initialisation' if which == 'init' else 'after training'}")
+    legend_outside(fig, axes[0].get_legend_handles_labels()[0])
     save_figure(fig, out, "architectures_condition_numbers")
     return "architectures_condition_numbers"
 
 
-def _diagnostics_figure(out, records: dict) -> str:
+def _diagnostics_figure(out, by_fam: dict) -> str:
     panels = [("elimination", "dead_fraction", "fraction of dead units", False),
               ("linear_dependence", "normalized_pr", "participation ratio / width", False),
-              ("gradient_norms", "weight_grad_norm", "weight-gradient norm", True)]
-    fig, axes = new_figure(3, 1, width=4.6)
-    for ax, (diag, arr, label, logy) in zip(axes, panels):
-        runs = {}
-        for a in ARCHS:
-            prof = [diag_series(r, diag, arr) for r in records[a]]
-            prof = [p[max(p)] for p in prof if p]
-            if prof:
-                runs[a] = np.stack(prof)
-        if runs:
-            layer_plot(ax, runs, ylabel=label, logy=logy, title=f"{label} (after training)")
+              ("gradient_norms", "weight_grad_norm", "weight-gradient norm (hidden layers)", True)]
+    fams = list(by_fam)
+    fig, axes = new_figure(len(panels), len(fams), width=4.6, height=3.4)
+    for i, fam in enumerate(fams):
+        for j, (diag, arr, label, logy) in enumerate(panels):
+            runs = {}
+            for a in ARCHS:
+                prof = [diag_series(r, diag, arr) for r in by_fam[fam][a]]
+                # gradient norms list the output layer too: keep the hidden layers only
+                prof = [p[max(p)][:r["identity"]["depth"]] for p, r in zip(prof, by_fam[fam][a]) if p]
+                if prof:
+                    runs[a] = np.stack(prof)
+            if runs:
+                layer_plot(axes[i * len(panels) + j], runs, ylabel=label, logy=logy, legend=False,
+                           title=f"{fam} init: {label}, after training")
+    legend_outside(fig, axes[0].get_legend_handles_labels()[0])
     save_figure(fig, out, "architectures_diagnostics")
     return "architectures_diagnostics"
+

@@ -4,8 +4,9 @@ Every experiment writes into ``<out>/<experiment>/``:
     results.json   config, per-seed raw numbers, summaries (mean, std over seeds), findings, timing
     <name>.csv     one row per run (condition x seed) with the scalar metrics
     <figure>.png / .svg
-A *finding* puts one of the paper's seven results (docs/paper.md) beside what the run measured, with a verdict
-"reproduced", "not reproduced" or "inconclusive" decided by ``verdict`` from explicit comparisons.
+A *finding* puts one of the paper's results (docs/paper.md) beside what the run measured, per init family,
+with a verdict ("reproduced", "not reproduced", "inconclusive" or "invalid (why)") decided by the
+registered predictions (``predictions``) under the two-sided rules of ``verdicts``.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from skipkern.diagnostics import json_safe
+from skipkern.experiments.verdicts import INCONCLUSIVE, INVALID, NOT_REPRODUCED, REPRODUCED
 
 log = logging.getLogger("skipkern")
 
 __all__ = ["Context", "Finding", "Comparison", "write_json", "read_json", "write_csv", "stats", "fmt",
-           "compare", "verdict", "correlation", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
+           "compare", "verdict", "correlation", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "INVALID"]
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 
 
 @dataclass
@@ -201,38 +202,35 @@ class Comparison:
 
 
 def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], relation: str = ">",
-            tol: float = 0.0, z: float = 2.0, pct: bool = False) -> Comparison:
-    """Test ``a <relation> b`` on the seed means, against the seed-to-seed noise.
+            tol: float = 0.0, pct: bool = False) -> Comparison:
+    """Two-sided test of ``a <relation> b`` on the seed means with Welch's 95% interval of mean(a) - mean(b).
 
-    noise = max(tol, z * sqrt(var_a / n_a + var_b / n_b)) with d = mean(a) - mean(b):
-        ">":  holds if d > noise, fails if d < -noise, else unclear;
+        ">":  holds if the interval lies above 0, fails if it lies below ``tol``, else unclear;
         "<":  the mirror image;
-        ">=": holds unless d < -noise (then fails); "<=" the mirror image;
-        "~":  holds if |d| <= noise, else fails ("about equal").
+        "~":  holds if the interval lies inside [-tol, tol], fails if outside it, else unclear.
+    One-sided "at least as good" relations (">=", "<=") are refused: they hold when nothing happened.
+    The paper's results use registered predictions (``skipkern.experiments.predictions``) instead.
     """
+    from skipkern.experiments.verdicts import welch_interval
+    if relation not in (">", "<", "~"):
+        raise ValueError(f"relation must be one of '>', '<', '~', got {relation!r}; one-sided '>='/'<=' rules "
+                         f"pass when nothing happened (register a two-sided Prediction instead)")
     sa, sb = stats(a), stats(b)
     if sa["n"] == 0 or sb["n"] == 0:
         return Comparison(f"{name_a} {relation} {name_b}", "unclear", math.nan, math.nan,
                           f"{name_a} {relation} {name_b}: no finite values")
-    d = sa["mean"] - sb["mean"]
-    se = math.sqrt((sa["std"] ** 2) / sa["n"] + (sb["std"] ** 2) / sb["n"])
-    noise = max(tol, z * se)
-    if relation == ">":
-        outcome = "holds" if d > noise else ("fails" if d < -noise else "unclear")
-    elif relation == "<":
-        outcome = "holds" if d < -noise else ("fails" if d > noise else "unclear")
-    elif relation == ">=":
-        outcome = "fails" if d < -noise else "holds"
-    elif relation == "<=":
-        outcome = "fails" if d > noise else "holds"
-    elif relation == "~":
-        outcome = "holds" if abs(d) <= noise else "fails"
+    d, lo, hi, _ = welch_interval(a, b)
+    if relation == "~":
+        outcome = "holds" if -tol <= lo and hi <= tol else ("fails" if hi < -tol or lo > tol else "unclear")
     else:
-        raise ValueError(f"relation must be one of '>', '<', '>=', '<=', '~', got {relation!r}")
+        s_ = 1.0 if relation == ">" else -1.0
+        l2, h2 = sorted((s_ * lo, s_ * hi))
+        outcome = "fails" if h2 < tol else ("holds" if l2 > 0 else "unclear")
     k = 100.0 if pct else 1.0
+    u = "%" if pct else ""
     text = (f"{name_a} {fmt(a, pct=pct)} {relation} {name_b} {fmt(b, pct=pct)}: {outcome} "
-            f"(difference {d * k:+.3g}{'%' if pct else ''}, noise band ±{noise * k:.2g}{'%' if pct else ''})")
-    return Comparison(f"{name_a} {relation} {name_b}", outcome, d, noise, text)
+            f"(difference {d * k:+.3g}{u}, 95% CI [{lo * k:+.3g}{u}, {hi * k:+.3g}{u}])")
+    return Comparison(f"{name_a} {relation} {name_b}", outcome, d, (hi - lo) / 2, text)
 
 
 def verdict(comparisons: Sequence[Comparison]) -> str:
@@ -263,28 +261,36 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict:
 
 @dataclass
 class Finding:
-    """One paper result beside this run's numbers.
+    """One paper result beside this run's numbers, for one init family.
 
     Attributes:
         result: the result's number in docs/paper.md (1-7; 0 for the simplified model, which the paper
-            describes but does not number).
-        claim: the paper's statement. verdict: REPRODUCED / NOT_REPRODUCED / INCONCLUSIVE.
-        evidence: what this run found, in words with the numbers (mean ± std over seeds, n).
-        comparisons: the comparisons the verdict rests on. numbers: raw numbers behind them.
-        figure: the figure's file stem inside the experiment folder.
+            describes but does not number) or a name for a result outside the paper's seven.
+        claim: the paper's statement. verdict: REPRODUCED / NOT_REPRODUCED / INCONCLUSIVE / INVALID.
+        evidence: what this run found, in words with the numbers.
+        comparisons: legacy ``Comparison`` entries (recipes now use ``outcomes``).
+        numbers: raw numbers behind the verdict. figure: the figure's file stem inside the experiment folder.
+        family: the init family ("glorot", "scaled"; "" where it does not apply).
+        reason: why the verdict is invalid or inconclusive. outcomes: ``verdicts.Outcome`` per registered
+            prediction (its interval, n, rule and verdict). caveats: what a referee would raise.
     """
 
-    result: int
+    result: object
     claim: str
     verdict: str
     evidence: str
     comparisons: list = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
     figure: str = ""
+    family: str = ""
+    reason: str = ""
+    outcomes: list = field(default_factory=list)
+    caveats: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["comparisons"] = [c.to_dict() if isinstance(c, Comparison) else c for c in self.comparisons]
+        d["outcomes"] = [o.to_dict() if hasattr(o, "to_dict") else o for o in self.outcomes]
         return d
 
 

@@ -4,7 +4,7 @@ The deep-net runs are small (widths 64-128): one run cannot keep two cores busy,
 intra-op threads only contend at these sizes. Two single-threaded worker processes on a 2-core CPU
 train two runs at once instead. Workers are spawned once per context (``pool(ctx)``), rebuild the
 context from its fields, keep their own data cache, and report every finished epoch through a queue
-so the parent's progress bar moves per epoch. Results are the same as in-process runs: each run is
+(with its step count) so the parent's progress bar moves per epoch. Results are the same as in-process runs: each run is
 seeded by its spec alone.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _run_one(spec, token: int) -> dict:
 
     def on_epoch(rec: dict) -> None:
         if rec.get("epoch", 0) > 0:
-            ticks.put(token)
+            ticks.put((token, int(rec.get("step", 0))))
 
     return train_run(spec, _worker["ctx"], on_epoch)
 
@@ -65,9 +65,9 @@ def shutdown(ctx) -> None:
         ctx._pool = None
 
 
-def run_specs(ctx, specs: list, on_tick: Callable[[int], None], on_done: Callable[[int, dict], None],
+def run_specs(ctx, specs: list, on_tick: Callable[[int, int], None], on_done: Callable[[int, dict], None],
               on_start: Optional[Callable[[int], None]] = None) -> list:
-    """Train ``specs`` in the pool; ``on_tick(i)`` per finished epoch of spec i, ``on_done(i, record)``
+    """Train ``specs`` in the pool; ``on_tick(i, step)`` per finished epoch of spec i, ``on_done(i, record)``
     when spec i finishes. Returns the records in the order of ``specs``."""
     ex = pool(ctx)
     futures: dict[Future, int] = {}
@@ -91,6 +91,6 @@ def run_specs(ctx, specs: list, on_tick: Callable[[int], None], on_done: Callabl
 def _drain(ctx, on_tick) -> None:
     while True:
         try:
-            on_tick(ctx._ticks.get_nowait())
+            on_tick(*ctx._ticks.get_nowait())
         except _queue.Empty:
             return

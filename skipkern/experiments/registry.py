@@ -1,14 +1,18 @@
 """The named experiment recipes and their configurations.
 
 Each recipe has three configurations:
-    tiny   seconds, for tests (depth 3, width 8, 1 epoch, 64 samples);
+    tiny   seconds, for tests (depth 3, width 8, a few steps, 64 samples);
     quick  ``skipkern repro all --quick``: MNIST-1D on a 2-core CPU in under 10 minutes in total;
-    full   the paper's sizes (depth 20, width 128; depth 30 for BiasReg; Adam 5e-4, batch 500), for
-           a GPU, on MNIST-1D or on CIFAR-10/100 given --data / --data-dir.
-The deep-net recipes share one base configuration per mode, so that ``architectures``, ``skips``,
-``malicious`` and ``seeds`` train the same plain and residual runs once (see ``runs.py``). Epoch
-counts, seeds and spectrum settings are ours (the paper does not give them): every one is a
-parameter here.
+    full   the paper's sizes (depth 20, width 128; depth 30 for BiasReg; Adam 5e-4, batch 500), on
+           MNIST-1D with enough samples that the spectra have no data-rank floor, or on CIFAR-10/100
+           given --data / --data-dir (with --device cuda).
+Budgets are optimiser steps (``steps``), the same unit in every mode. Every deep recipe runs each init
+family in ``inits``: "glorot" (the paper's Glorot-normal scheme) and "scaled" (scale-controlled: O(1)
+hidden scale and logits at any depth; ``skipkern.nn.init``). The deep recipes share one base
+configuration per mode, so ``architectures``, ``skips``, ``malicious``, ``seeds`` and
+``skip_benefit`` train the same plain and residual runs once (see ``runs.py``). Step budgets, seeds
+and spectrum settings are ours (the paper does not give them): every one is a parameter here, and
+``--set key=value`` overrides them. What each result predicts is registered in ``predictions.py``.
 """
 from __future__ import annotations
 
@@ -16,37 +20,42 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from skipkern.experiments import architectures, biasreg, malicious, seeds, simplified, skips
+from skipkern.experiments import (architectures, biasreg, malicious, seeds, signal, simplified, skip_benefit,
+                                  skips)
 from skipkern.experiments.common import Context
 
 __all__ = ["Recipe", "RECIPES", "ORDER", "get_recipe", "recipe_config", "DEEP_BASE"]
 
-# Shared deep-net settings per mode. spectrum_at: epochs (0 = init) of the Hessian densities.
+# Shared deep-net settings per mode. spectra: "init" and/or "end" (Hessian densities of the data loss on
+# spectrum_samples fixed training samples; N (C - 1) must exceed P for no data-rank floor: with width 32,
+# depth 20, P = 21,706 and 6,000 samples give N (C - 1) / P = 2.5).
 DEEP_BASE = {
-    "tiny": dict(depth=3, width=8, epochs=1, n_train=64, n_test=32, seeds=[0, 1], lr=5e-4, batch_size=32,
-                 diagnostics_every=1, diag_batch=32, spectrum_at=[0, 1], spectrum_probes=2, spectrum_steps=6,
-                 spectrum_samples=32, degenerate_eps=1e-3, degenerate_rel=1e-3),
-    "quick": dict(depth=20, width=64, epochs=30, n_train=4000, n_test=1000, seeds=[0, 1, 2], lr=5e-4,
-                  batch_size=500, diagnostics_every=10, diag_batch=500, spectrum_at=[0, 30], spectrum_probes=3,
-                  spectrum_steps=30, spectrum_samples=500, degenerate_eps=1e-3, degenerate_rel=1e-3),
-    "full": dict(depth=20, width=128, epochs=100, n_train=None, n_test=None, seeds=[0, 1, 2, 3, 4], lr=5e-4,
-                 batch_size=500, diagnostics_every=10, diag_batch=1000, spectrum_at=[0, 5, 25, 50, 100],
-                 spectrum_probes=16, spectrum_steps=80, spectrum_samples=2000, degenerate_eps=1e-3, degenerate_rel=1e-3),
+    "tiny": dict(depth=3, width=8, steps=6, n_train=64, n_test=32, seeds=[0, 1], lr=5e-4, batch_size=32,
+                 inits=["glorot", "scaled"], eval_points=3, train_eval_samples=None, diag_points=1, diag_batch=32,
+                 spectra=["init", "end"], spectrum_probes=2, spectrum_steps=6, spectrum_samples=64),
+    "quick": dict(depth=20, width=32, steps=600, n_train=6000, n_test=1000, seeds=[0, 1, 2, 3, 4], lr=5e-4,
+                  batch_size=500, inits=["glorot", "scaled"], eval_points=10, train_eval_samples=2000, diag_points=2,
+                  diag_batch=500, spectra=["init", "end"], spectrum_probes=3, spectrum_steps=30,
+                  spectrum_samples=6000),
+    "full": dict(depth=20, width=128, steps=6000, n_train=60000, n_test=5000, seeds=[0, 1, 2, 3, 4], lr=5e-4,
+                 batch_size=500, inits=["glorot", "scaled"], eval_points=20, train_eval_samples=5000, diag_points=4,
+                 diag_batch=1000, spectra=["init", "end"], spectrum_probes=4, spectrum_steps=40,
+                 spectrum_samples=60000),
 }
 
 _SPECIFIC = {
     "architectures": {"tiny": {}, "quick": {}, "full": {}},
-    "skips": {"tiny": dict(degenerate_fractions=[0.5], equal_tol=0.03),
-              "quick": dict(degenerate_fractions=[0.5, 0.9], equal_tol=0.03),
-              "full": dict(degenerate_fractions=[0.25, 0.5, 0.75, 0.9], equal_tol=0.03)},
-    "malicious": {"tiny": dict(slight_tol=0.05), "quick": dict(slight_tol=0.05), "full": dict(slight_tol=0.05)},
-    "seeds": {"tiny": dict(n_nets=3, primary_measure="fraction_degenerate_rel", alpha=0.05),
-              "quick": dict(n_nets=8, primary_measure="fraction_degenerate_rel", alpha=0.05),
-              "full": dict(n_nets=30, primary_measure="fraction_degenerate_rel", alpha=0.05)},
-    "biasreg": {"tiny": dict(depth=4, search_candidates=2, search_epochs=1, search_seed=0, close_tol=0.05),
-                "quick": dict(depth=30, seeds=[0, 1], search_candidates=4, search_epochs=10, search_seed=0,
-                              close_tol=0.05),
-                "full": dict(depth=30, search_candidates=20, search_epochs=30, search_seed=0, close_tol=0.05)},
+    "skips": {"tiny": dict(degenerate_fractions=[0.5]),
+              "quick": dict(degenerate_fractions=[0.5, 0.9]),
+              "full": dict(degenerate_fractions=[0.5, 0.9])},
+    "malicious": {"tiny": {}, "quick": {}, "full": {}},
+    "seeds": {"tiny": dict(n_nets=3), "quick": dict(n_nets=20), "full": dict(n_nets=20)},
+    "biasreg": {"tiny": dict(depth=4, search_candidates=2, search_steps=4, search_seed=0),
+                "quick": dict(depth=30, search_candidates=4, search_steps=300, search_seed=0),
+                "full": dict(depth=30, search_candidates=8, search_steps=2000, search_seed=0)},
+    "skip_benefit": {"tiny": dict(depths=[2, 3], gains=[1.0]),
+                     "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0]),
+                     "full": dict(depths=[5, 10, 20, 30, 50], gains=[0.5, 1.0, 2.0])},
 }
 
 
@@ -78,6 +87,8 @@ def _deep(name: str) -> dict:
     return {m: dict(copy.deepcopy(DEEP_BASE[m]), **copy.deepcopy(_SPECIFIC[name][m])) for m in DEEP_BASE}
 
 
+_NONE = {"tiny": {}, "quick": {}, "full": {}}
+
 RECIPES = {
     "simplified": Recipe("simplified", "two-hidden-unit teacher-student model, plain vs skip: plateaus, (h, z) "
                          "trajectories, gradient flow field", (0,), simplified.run, simplified.CONFIGS),
@@ -91,9 +102,15 @@ RECIPES = {
                     _deep("seeds")),
     "biasreg": Recipe("biasreg", "plain, BiasL2Reg, BiasReg (random search), BiasReg + one BN layer, residual",
                       (4,), biasreg.run, _deep("biasreg")),
+    "skip_benefit": Recipe("skip_benefit", "where do skips help? accuracy gap (residual/orthogonal - plain) over depth "
+                           "and initial scale", (), skip_benefit.run, _deep("skip_benefit")),
+    "signal": Recipe("signal", "signal propagation of every condition at init and after training; flags runs "
+                     "starting above 2 ln C (reads the other experiments' results, trains nothing)", (), signal.run,
+                     copy.deepcopy(_NONE)),
 }
-# Run order of ``repro all``: architectures first, so later recipes reuse its plain/residual runs.
-ORDER = ("simplified", "architectures", "skips", "malicious", "seeds", "biasreg")
+# Run order of ``repro all``: architectures first, so later recipes reuse its plain/residual runs;
+# signal last, since it summarises the runs of the others.
+ORDER = ("simplified", "architectures", "skips", "malicious", "seeds", "biasreg", "skip_benefit", "signal")
 
 
 def get_recipe(name: str) -> Recipe:

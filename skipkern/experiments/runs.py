@@ -1,17 +1,23 @@
 """Training runs shared by the deep-net experiments, cached on disk.
 
-A run is fully described by a ``RunSpec`` (architecture, sizes, seed, regulariser, training budget,
-measurements) plus the context's data set. Its folder ``<out>/runs/<label>-<hash>/`` holds train.py's
-files (checkpoint.pt, metrics.jsonl/csv, spectra/) and ``record.json``, the compact summary the
-experiments read. Experiments that ask for the same spec share one run: ``repro all`` trains the
-plain and residual nets once for ``architectures``, ``skips``, ``malicious`` and ``seeds``, and a
-re-run of an interrupted ``repro`` resumes unfinished runs and skips finished ones.
+A run is fully described by a ``RunSpec`` (architecture, init family, sizes, seed, regulariser,
+budget in optimiser steps, measurements) plus the context's data set. Its folder
+``<out>/runs/<label>-<hash>/`` holds the training files (checkpoint.pt, metrics.jsonl/csv, spectra/)
+and ``record.json``, the compact summary the experiments read: the per-epoch history, the signal
+propagation at initialisation and after training (``skipkern.diagnostics.propagation``) and the
+Hessian spectra's summaries (``spectra.summarize``). Experiments that ask for the same spec share one
+run, and a re-run of an interrupted ``repro`` resumes unfinished runs and skips finished ones.
+
+Budgets are optimiser steps, not epochs: a change of data size changes the steps per epoch, so
+``steps`` fixes the work and the epochs follow (the last epoch may be partial). Evaluations,
+diagnostics and spectra are scheduled in epochs that divide the run evenly.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
@@ -23,9 +29,10 @@ from skipkern.experiments.common import Context, read_json, write_json
 
 log = logging.getLogger("skipkern")
 
-__all__ = ["RunSpec", "train_run", "cached_record", "cached_records", "run_folder", "deep_spec", "final_metric", "series", "diag_series", "RECORD_VERSION"]
+__all__ = ["RunSpec", "train_run", "cached_record", "cached_records", "run_folder", "deep_spec", "final_metric",
+           "initial_metric", "series", "diag_series", "schedule", "RECORD_VERSION"]
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,18 +42,18 @@ class RunSpec:
     Attributes:
         arch: SkipMLP arch ("plain", "residual", "orthogonal", "degenerate", "hyper_residual").
         depth, width: hidden layers and units. seed: model weights, fixed skips, batch order.
-        epochs, lr, batch_size: Adam training budget (paper: lr 5e-4, batch 500).
+        steps: the budget in Adam steps (lr, batch_size: paper lr 5e-4, batch 500).
+        init, init_gain: SkipMLP's init family ("glorot": the paper's; "scaled": scale-controlled) and gain.
         n_train, n_test, data_seed: data set sizes (None: the loader's default) and generator seed.
         degenerate_fraction, hyper_reduce, hyper_skip, batchnorm_layers: SkipMLP options.
         malicious: apply ``malicious_init_`` (W <- W - I on square layers) before training.
-        regularizer: None or {"kind": "biasreg", "mu", "sigma", "lam"} (BiasL2Reg: mu = sigma = 0).
-        diagnostics_every: run the singularity diagnostics every this many epochs (and at epoch 0).
-        spectrum_at, spectrum_probes, spectrum_steps, spectrum_samples, degenerate_eps: Hessian spectra
-            (see ``skipkern.train.TrainConfig``); degenerate_eps is an absolute |lambda| threshold.
-        degenerate_rel: the scale-free threshold: |lambda| <= degenerate_rel * max |lambda| (max over the
-            density's Ritz values). Nets of different architectures have Hessians of very different scale
-            (a depth-20 residual net at Glorot init has |lambda|max ~ 1e4, a plain one ~ 1), so only a
-            threshold relative to the scale compares them; both fractions are recorded.
+        regularizer: None or sorted items of {"kind": "biasreg", "mu", "sigma", "lam"}.
+        eval_points: about this many evaluations of the training/test loss and accuracy over the run,
+            on ``train_eval_samples`` fixed training samples (None: all).
+        diag_points: about this many singularity diagnoses after initialisation (0: none), on
+            ``diag_batch`` fixed samples; the signal propagation uses the same batch.
+        spectra: when to estimate the Hessian eigenvalue density: any of "init", "end".
+        spectrum_probes, spectrum_steps, spectrum_samples: stochastic Lanczos quadrature settings.
         label: a readable name for the folder (not part of the identity).
     """
 
@@ -54,7 +61,9 @@ class RunSpec:
     depth: int
     width: int
     seed: int
-    epochs: int
+    steps: int
+    init: str = "glorot"
+    init_gain: float = 1.0
     lr: float = 5e-4
     batch_size: int = 500
     n_train: Optional[int] = None
@@ -66,14 +75,14 @@ class RunSpec:
     batchnorm_layers: tuple = ()
     malicious: bool = False
     regularizer: Optional[tuple] = None
-    diagnostics_every: int = 0
+    eval_points: int = 20
+    train_eval_samples: Optional[int] = None
+    diag_points: int = 4
     diag_batch: int = 500
-    spectrum_at: tuple = ()
+    spectra: tuple = ()
     spectrum_probes: int = 4
     spectrum_steps: int = 40
     spectrum_samples: int = 500
-    degenerate_eps: float = 1e-3
-    degenerate_rel: float = 1e-3
     label: str = field(default="", compare=False)
 
     def identity(self, ctx: Context) -> dict:
@@ -89,17 +98,38 @@ class RunSpec:
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def deep_spec(cfg: dict, arch: str, seed: int, **overrides) -> RunSpec:
-    """The RunSpec of a deep-net recipe config (keys: depth, width, epochs, lr, batch_size, n_train,
-    n_test, diagnostics_every, diag_batch, spectrum_*; absent spectrum_at = no spectra)."""
-    keys = ("depth", "width", "epochs", "lr", "batch_size", "n_train", "n_test", "diagnostics_every", "diag_batch",
-            "spectrum_probes", "spectrum_steps", "spectrum_samples", "degenerate_eps", "degenerate_rel")
-    kw = {k: cfg[k] for k in keys if k in cfg}
-    kw["spectrum_at"] = tuple(cfg.get("spectrum_at", ()))
+SPEC_KEYS = ("depth", "width", "steps", "lr", "batch_size", "n_train", "n_test", "eval_points", "train_eval_samples",
+             "diag_points", "diag_batch", "spectrum_probes", "spectrum_steps", "spectrum_samples")
+
+
+def deep_spec(cfg: dict, arch: str, seed: int, init: str, **overrides) -> RunSpec:
+    """The RunSpec of a deep-net recipe config (keys ``SPEC_KEYS`` and ``spectra``; absent = defaults)."""
+    kw = {k: cfg[k] for k in SPEC_KEYS if k in cfg}
+    kw["spectra"] = tuple(cfg.get("spectra", ()))
     kw.update(overrides)
     if "label" not in kw:
         kw["label"] = arch
-    return RunSpec(arch=arch, seed=int(seed), **kw)
+    kw["label"] = f"{init}-{kw['label']}"
+    return RunSpec(arch=arch, seed=int(seed), init=init, **kw)
+
+
+def schedule(spec: RunSpec, n_train: int) -> dict:
+    """Epochs of a run and the epochs of its measurements, from its step budget and data size.
+
+    epochs = ceil(steps / steps_per_epoch); evaluations and diagnoses every k epochs with k the largest
+    divisor of ``epochs`` not above epochs / points (so the last epoch is always measured)."""
+    spe = math.ceil(n_train / spec.batch_size)
+    epochs = max(1, math.ceil(spec.steps / spe))
+
+    def every(points: int) -> int:
+        if points <= 0:
+            return 0
+        cap = max(1, epochs // points)
+        return max(d for d in range(1, cap + 1) if epochs % d == 0)
+
+    at = [e for e, w in ((0, "init"), (epochs, "end")) if w in spec.spectra]
+    return {"steps_per_epoch": spe, "epochs": epochs, "eval_every": every(spec.eval_points),
+            "diagnostics_every": every(spec.diag_points), "spectrum_at": sorted(set(at))}
 
 
 def _build(spec: RunSpec, ctx: Context, data):
@@ -109,7 +139,7 @@ def _build(spec: RunSpec, ctx: Context, data):
     model = SkipMLP(data.in_features, spec.width, spec.depth, data.num_classes, arch=spec.arch,
                     degenerate_fraction=spec.degenerate_fraction, hyper_reduce=spec.hyper_reduce,
                     hyper_skip=spec.hyper_skip, batchnorm_layers=spec.batchnorm_layers, backend=ctx.backend,
-                    seed=spec.seed, device=ctx.device)
+                    seed=spec.seed, device=ctx.device, init=spec.init, init_gain=spec.init_gain)
     if spec.malicious:
         malicious_init_(model)
     reg = None
@@ -123,38 +153,17 @@ def _build(spec: RunSpec, ctx: Context, data):
 
 def _compact(history: list) -> list:
     """The per-epoch records without the bulky per-layer diagnostics arrays of every epoch (kept in
-    metrics.jsonl); diagnostics keep their summaries and the condition numbers per layer."""
+    metrics.jsonl); diagnostics keep their summaries and the per-layer arrays the experiments use."""
+    keep = {"condition_numbers", "gradient_norms", "elimination", "linear_dependence", "overlap"}
     out = []
     for rec in history:
         r = {k: v for k, v in rec.items() if k != "diagnostics"}
         if "diagnostics" in rec:
-            diag = {}
-            for name, d in rec["diagnostics"].items():
-                diag[name] = {"summary": d.get("summary", {})}
-                if name in ("condition_numbers", "gradient_norms", "elimination", "linear_dependence"):
-                    diag[name]["arrays"] = d.get("arrays", {})
-            r["diagnostics"] = diag
+            r["diagnostics"] = {name: {"summary": d.get("summary", {}),
+                                       **({"arrays": d.get("arrays", {})} if name in keep else {})}
+                                for name, d in rec["diagnostics"].items()}
         out.append(r)
     return out
-
-
-def relative_fractions(history: list, rel: float) -> None:
-    """Add scale-free fractions to every spectrum record that saved its density (in place):
-    spectral_scale (max |Ritz value|), fraction_degenerate_rel (|lambda| <= rel * scale) and
-    fraction_negative_rel (lambda < -rel * scale), each with its standard error across probes."""
-    from skipkern.hessian.density import SpectralDensity
-    for rec in history:
-        spec = rec.get("spectrum")
-        if not spec or not spec.get("path"):
-            continue
-        dens = SpectralDensity.load(spec["path"])
-        live = dens.weights > 0
-        scale = float(np.abs(dens.nodes[live]).max()) if live.any() else 0.0
-        eps = rel * scale
-        deg, neg = dens.fraction_degenerate(eps), dens.fraction_negative(eps)
-        spec.update(spectral_scale=scale, degenerate_rel=rel, fraction_degenerate_rel=float(deg[0]),
-                    fraction_degenerate_rel_se=float(deg[1]), fraction_negative_rel=float(neg[0]),
-                    fraction_negative_rel_se=float(neg[1]))
 
 
 def run_folder(spec: RunSpec, ctx: Context):
@@ -184,13 +193,26 @@ def cached_record(spec: RunSpec, ctx: Context) -> Optional[dict]:
     return cached_records([spec], ctx)[0]
 
 
+def _diag_batch(data, spec: RunSpec):
+    import torch
+    n = data.n_train
+    if spec.diag_batch >= n:
+        return data.x_train, data.y_train
+    g = torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + 2)  # the training loop's diagnosis stream
+    idx = torch.randperm(n, generator=g)[:spec.diag_batch].to(data.x_train.device)
+    return data.x_train[idx], data.y_train[idx]
+
+
 def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train (or load the finished record of) one run. Returns its record: spec, history (compact),
-    final metrics, model parameter count, elapsed seconds and the run folder.
+    """Train (or load the finished record of) one run. Returns its record: identity, schedule, history
+    (compact), final metrics, signal propagation at init and at the end, spectra summaries, parameter
+    count, elapsed seconds and the run folder.
 
     ``on_epoch`` is called with each epoch's record as training goes (progress bars). Under
     torch.distributed every rank calls this with the same spec: the net trains under DDP, rank 0
     writes the run folder and the record, and every rank returns rank 0's record."""
+    from skipkern.diagnostics.propagation import signal_propagation
+    from skipkern.experiments.spectra import summarize_file
     from skipkern.train import TrainConfig, train
 
     rec = cached_record(spec, ctx)
@@ -199,22 +221,35 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
     folder = run_folder(spec, ctx)
     rec_path = folder / "record.json"
     data = ctx.dataset(spec.n_train, spec.n_test, spec.data_seed)
+    plan = schedule(spec, data.n_train)
     model, reg = _build(spec, ctx, data)
-    cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, device=ctx.device,
-                      eval_every=1, diagnostics_every=spec.diagnostics_every, diag_batch=spec.diag_batch,
-                      spectrum_at=tuple(spec.spectrum_at), spectrum_probes=spec.spectrum_probes,
-                      spectrum_steps=spec.spectrum_steps, spectrum_samples=spec.spectrum_samples,
-                      degenerate_eps=spec.degenerate_eps, regularizer=reg, progress=False)
+    xd, yd = _diag_batch(data, spec)
+    signal = {"init": signal_propagation(model, xd, yd, data.num_classes)}
+    cfg = TrainConfig(epochs=plan["epochs"], max_steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
+                      seed=spec.seed, device=ctx.device, eval_every=plan["eval_every"],
+                      train_eval_samples=spec.train_eval_samples, diagnostics_every=plan["diagnostics_every"],
+                      diag_batch=spec.diag_batch, spectrum_at=tuple(plan["spectrum_at"]),
+                      spectrum_probes=spec.spectrum_probes, spectrum_steps=spec.spectrum_steps,
+                      spectrum_samples=spec.spectrum_samples, regularizer=reg, progress=False)
     t0 = time.perf_counter()
     result = train(model, data, cfg, out_dir=folder, resume=True, log=on_epoch or (lambda r: None))
+    signal["final"] = signal_propagation(model, xd, yd, data.num_classes)
 
     def record() -> dict:  # reads the spectra rank 0 saved: rank 0 only, broadcast
         history = _compact(result.history)
-        relative_fractions(history, spec.degenerate_rel)
-        rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "history": history,
-               "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
-               "num_params": int(sum(p.numel() for p in model.parameters())),
-               "elapsed_s": time.perf_counter() - t0, "stopped_early": bool(result.stopped_early), "cached": False}
+        spectra = {}
+        for r in history:
+            s = r.get("spectrum")
+            if s and s.get("path"):
+                which = "init" if r["epoch"] == 0 else "end"
+                spectra[which] = {"epoch": r["epoch"], "path": s["path"], "time": s.get("time"),
+                                  **summarize_file(s["path"], num_classes=data.num_classes, samples=s.get("samples"))}
+        rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "schedule": plan,
+               "history": history, "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
+               "signal": signal, "spectra": spectra, "num_params": int(sum(p.numel() for p in model.parameters())),
+               "num_classes": data.num_classes, "n_train": data.n_train,
+               "elapsed_s": time.perf_counter() - t0, "stopped_early": bool(result.stopped_early),
+               "diverged": bool(result.diverged), "cached": False}
         write_json(rec_path, rec)
         return read_json(rec_path)  # the same form a cached read gives (inf/nan restored)
 
@@ -223,22 +258,32 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
 
 # ----------------------------------------------------------------------------------------- accessors
 def final_metric(rec: dict, key: str = "train_acc") -> float:
-    """The last evaluated value of ``key`` (e.g. train_acc, test_acc, train_loss)."""
+    """The last evaluated value of ``key`` (e.g. train_acc, test_acc, train_loss); NaN for a diverged run."""
+    if rec.get("diverged"):
+        return math.nan
     for r in reversed(rec["history"]):
         if isinstance(r.get(key), (int, float)):
             return float(r[key])
-    return float("nan")
+    return math.nan
 
 
-def series(rec: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, values) of a dotted key over the history records that have it."""
+def initial_metric(rec: dict, key: str = "train_loss") -> float:
+    """The value of ``key`` at initialisation (epoch 0)."""
+    for r in rec["history"]:
+        if r.get("epoch") == 0 and isinstance(r.get(key), (int, float)):
+            return float(r[key])
+    return math.nan
+
+
+def series(rec: dict, key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """(steps (or epochs with x="epoch"), values) of a dotted key over the history records that have it."""
     xs, ys = [], []
     for r in rec["history"]:
         v = r
         for part in key.split("."):
             v = v.get(part) if isinstance(v, dict) else None
         if isinstance(v, (int, float)):
-            xs.append(r["epoch"])
+            xs.append(r[x])
             ys.append(float(v))
     return np.asarray(xs), np.asarray(ys, dtype=float)
 

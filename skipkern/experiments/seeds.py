@@ -1,118 +1,101 @@
 """Experiment ``seeds``: many plain nets from different seeds; does being closer to the singular
-manifolds go with training worse? (docs/paper.md, result 3)
+manifolds go with training worse? (docs/paper.md, result 3), in each init family.
 
 Each net is a plain net of the shared deep configuration (the first seeds are the ``architectures``
-runs, shared through the run cache). Singularity measures per net:
-  - fraction_degenerate_rel: fraction of degenerate Hessian eigenvalues (|lambda| <= rel max|lambda|),
-    mean over the spectrum checkpoints (the paper's measure; the primary one when spectra are computed);
-  - fraction_degenerate: the same with the absolute threshold;
-  - fraction_degenerate_init: the scale-free fraction at initialisation only;
-  - dead_fraction_init / _early: fraction of dead ReLU units at init / at the first diagnosed epoch;
-  - overlap_init: mean |cosine| between hidden activation columns at init;
-  - singular_layers_init: numerically singular hidden representations at init.
-Each is correlated (Spearman and Pearson, with n and p) with the final training accuracy. The verdict
-uses the primary measure only (fixed in the config before seeing data): reproduced when the rank
-correlation is negative with p < alpha, not reproduced when positive with p < alpha, else
-inconclusive.
+runs, shared through the run cache; the others take only the end-of-training spectrum). Singularity
+measures per net, each registered with a predicted negative correlation with the final training
+accuracy (``predictions``, 3a-3d):
+  - fraction_degenerate: Hessian eigenvalues with |lambda| <= tau x rms(lambda) after training;
+  - dead_fraction (elimination): units never active on the diagnosis batch, mean over layers and over
+    the diagnosed checkpoints after initialisation;
+  - overlap: mean |cosine| between the activation columns of the units of a layer, same averaging;
+  - linear_dependence: 1 - participation ratio / width of the activation covariance, same averaging.
+Each correlation comes with its 95% interval, Pearson's r beside it, and the range of r_s when any one
+net is left out.
 """
 from __future__ import annotations
 
 import math
 import time
 
-import numpy as np
 
-from skipkern.experiments.architectures import cond_profile, singular_layers
-from skipkern.experiments.common import (INCONCLUSIVE, NOT_REPRODUCED, PAPER_CLAIMS, REPRODUCED, Context, Finding,
-                                         correlation, fmt, stats)
-from skipkern.experiments.deep import (final_values, rank_floor, run_conditions, run_rows, spectrum_values,
+from skipkern.experiments.common import Context, fmt, stats
+from skipkern.experiments.deep import (families_of, final_values, finding, gates_of, run_families, seeds_of,
                                        write_outputs)
 from skipkern.experiments.runs import deep_spec, series
-from skipkern.plotting import new_figure, save_figure, scatter_fit
+from skipkern.experiments.spectra import TAU, fraction_key
+from skipkern.experiments.verdicts import INVALID, correlation_interval
+from skipkern.plotting import color_for, new_figure, save_figure, scatter_fit
 
 NAME = "seeds"
-MEASURES = ("fraction_degenerate_rel", "fraction_degenerate", "fraction_degenerate_init", "dead_fraction_init", "dead_fraction_early",
-            "overlap_init", "singular_layers_init")
-LABELS = {"fraction_degenerate_rel": "degenerate Hessian eigenvalue fraction (scale-free, mean over checkpoints)",
-          "fraction_degenerate": "degenerate Hessian eigenvalue fraction (absolute eps, mean over checkpoints)",
-          "fraction_degenerate_init": "degenerate eigenvalue fraction at init (scale-free)",
-          "dead_fraction_init": "fraction of dead units at init",
-          "dead_fraction_early": "fraction of dead units early in training",
-          "overlap_init": "mean |cos| of hidden activations at init",
-          "singular_layers_init": "numerically singular layers at init"}
+MEASURES = ("fraction_degenerate", "dead_fraction", "overlap", "linear_dependence")
+LABELS = {"fraction_degenerate": f"degenerate Hessian fraction (|λ| <= {TAU:g} rms, end)",
+          "dead_fraction": "dead-unit fraction (mean during training)",
+          "overlap": "mean |cos| between units (during training)",
+          "linear_dependence": "1 - participation ratio / width (during training)"}
 
 
-def _diag_summary(rec: dict, name: str, key: str, which: str) -> float:
-    xs, ys = series(rec, f"diagnostics.{name}.summary.{key}")
-    if ys.size == 0:
-        return math.nan
-    if which == "init":
-        return float(ys[0]) if xs[0] == 0 else math.nan
+def _during(rec: dict, name: str, key: str) -> float:
+    """Mean of a diagnostics summary over the diagnosed checkpoints after initialisation."""
+    xs, ys = series(rec, f"diagnostics.{name}.summary.{key}", x="epoch")
     later = ys[xs > 0]
-    return float(later[0]) if later.size else math.nan
+    return float(later.mean()) if later.size else math.nan
 
 
 def measures(rec: dict) -> dict:
     """The singularity measures of one run (NaN where not measured)."""
-    xs, _ = series(rec, "spectrum.fraction_degenerate")
-    return {"fraction_degenerate_rel": spectrum_values(rec, "fraction_degenerate_rel"),
-            "fraction_degenerate": spectrum_values(rec, "fraction_degenerate"),
-            "fraction_degenerate_init": spectrum_values(rec, "fraction_degenerate_rel", [0]) if 0 in xs else math.nan,
-            "dead_fraction_init": _diag_summary(rec, "elimination", "mean_dead_fraction", "init"),
-            "dead_fraction_early": _diag_summary(rec, "elimination", "mean_dead_fraction", "early"),
-            "overlap_init": _diag_summary(rec, "overlap", "hidden_mean_abs_cos", "init"),
-            "singular_layers_init": float(singular_layers(cond_profile(rec, "init")))}
+    end = (rec.get("spectra") or {}).get("end", {})
+    return {"fraction_degenerate": end.get(fraction_key("degenerate", TAU), {}).get("value", math.nan),
+            "dead_fraction": _during(rec, "elimination", "mean_dead_fraction"),
+            "overlap": _during(rec, "overlap", "hidden_mean_abs_cos"),
+            "linear_dependence": 1.0 - _during(rec, "linear_dependence", "mean_normalized_pr")}
 
 
 def run(ctx: Context, cfg: dict) -> dict:
     t0 = time.perf_counter()
     out = ctx.exp_dir(NAME)
+    shared = set(seeds_of(ctx, cfg))  # these nets are the architectures runs (identical specs)
     seeds = list(range(int(cfg["n_nets"])))  # --seeds does not apply: this experiment needs many nets
-    records = run_conditions(ctx, NAME, {"plain": [deep_spec(cfg, "plain", s) for s in seeds]})
-    acc = final_values(records)["plain"]
-    meas = [measures(r) for r in records["plain"]]
-    cols = {m: [d[m] for d in meas] for m in MEASURES}
-    corr = {m: correlation(cols[m], acc) for m in MEASURES}
-    primary = cfg.get("primary_measure", "fraction_degenerate_rel")
-    if not np.isfinite(cols[primary]).any():  # no spectra in this configuration: say so and fall back
-        primary = "dead_fraction_early"
-    alpha = float(cfg.get("alpha", 0.05))
-    c = corr[primary]
-    if c["n"] < 3 or not math.isfinite(c["spearman_r"]):
-        v = INCONCLUSIVE
-    elif c["spearman_p"] < alpha:
-        v = REPRODUCED if c["spearman_r"] < 0 else NOT_REPRODUCED
-    else:
-        v = INCONCLUSIVE
-    others = "; ".join(f"{m}: r_s = {corr[m]['spearman_r']:.2f} (p = {corr[m]['spearman_p']:.2g}, n = {corr[m]['n']})"
-                       for m in MEASURES if m != primary and corr[m]["n"] >= 3)
-    ev = (f"{len(seeds)} plain nets, final training accuracy {fmt(acc, pct=True)}. Primary measure "
-          f"({LABELS[primary]}) vs final training accuracy: Spearman r = {c['spearman_r']:.2f} (p = "
-          f"{c['spearman_p']:.2g}), Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.2g}), n = {c['n']}; "
-          f"the paper's trend is a negative correlation (p < {alpha:g} needed). Other measures: {others or 'none'}."
-          + (" " + rank_floor(ctx, cfg, records["plain"])[1] if primary.startswith("fraction_degenerate") else ""))
-    finding = Finding(3, PAPER_CLAIMS[3], v, ev, [], {"primary": primary, "correlations": corr,
-                                                      "final_train_acc": acc, "measures": cols}, "seeds_correlation")
-    figs = [_figure(out, cols, acc, corr, primary)]
-
-    def extra(cond: str, r: dict) -> dict:
-        return measures(r)
-
-    summary = {"final_train_acc": stats(acc), "primary_measure": primary, "correlations": corr,
-               **{m: stats(cols[m]) for m in MEASURES}}
-    return write_outputs(ctx, NAME, cfg, seeds, records, [finding], figs, summary, t0,
-                         rows=run_rows(records, extra))
+    end_only = dict(cfg, spectra=("end",))
+    specs = {fam: {"plain": [deep_spec(cfg if s in shared else end_only, "plain", s, fam) for s in seeds]}
+             for fam in families_of(cfg)}
+    by_fam = run_families(ctx, NAME, specs)
+    findings, summary, figs = [], {}, []
+    for fam, records in by_fam.items():
+        acc = final_values(records)["plain"]
+        cols = {m: [measures(r)[m] for r in records["plain"]] for m in MEASURES}
+        corr = {m: correlation_interval(cols[m], acc) for m in MEASURES}
+        ev = (f"{len(seeds)} plain nets, final training accuracy {fmt(acc, pct=True)}. Spearman r_s with the final "
+              f"training accuracy [95% CI]: " + "; ".join(
+                  f"{m} {corr[m]['spearman_r']:.2f} [{corr[m]['spearman_low']:.2f}, {corr[m]['spearman_high']:.2f}]"
+                  for m in MEASURES) + ". The paper's trend is a negative correlation for each.")
+        gate = gates_of(records)["plain"]
+        cav = [] if gate.ok else [f"The plain nets did not learn ({gate.reason}): their spread in accuracy is noise "
+                                  f"around chance, so these correlations say little."]
+        f = finding(3, fam, {**cols, "final_train_acc": acc}, {}, ev, {"correlations": corr, "measures": cols,
+                                                                       "final_train_acc": acc},
+                    f"seeds_correlation_{fam}", caveats=cav)
+        if not gate.ok:  # a correlation over nets that learned nothing cannot support the claim either way
+            f.verdict, f.reason = INVALID, gate.reason
+            for o in f.outcomes:
+                o.verdict, o.reason = INVALID, gate.reason
+        findings.append(f)
+        figs.append(_figure(out, fam, cols, acc, corr))
+        summary[fam] = {"final_train_acc": stats(acc), "correlations": corr, **{m: stats(cols[m]) for m in MEASURES}}
+    return write_outputs(ctx, NAME, cfg, seeds, by_fam, findings, figs, summary, t0)
 
 
-def _figure(out, cols: dict, acc: list, corr: dict, primary: str) -> str:
-    shown = [primary] + [m for m in ("dead_fraction_init", "overlap_init", "fraction_degenerate_init")
-                         if m != primary and np.isfinite(cols[m]).any()]
-    shown = shown[:3]
-    fig, axes = new_figure(len(shown), 1, width=4.6)
-    for ax, m in zip(axes, shown):
+def _figure(out, fam: str, cols: dict, acc: list, corr: dict) -> str:
+    fig, axes = new_figure(len(MEASURES), 1, width=4.2, height=3.6)
+    for ax, m in zip(axes, MEASURES):
         c = corr[m]
-        scatter_fit(ax, cols[m], acc, xlabel=LABELS[m], ylabel="final training accuracy",
-                    title=f"r_s = {c['spearman_r']:.2f} (p = {c['spearman_p']:.2g}, n = {c['n']})"
-                    + (" [primary]" if m == primary else ""))
-    save_figure(fig, out, "seeds_correlation")
-    return "seeds_correlation"
+        scatter_fit(ax, cols[m], acc, xlabel=LABELS[m], ylabel="final training accuracy", color=color_for("plain"),
+                    title=f"r_s = {c['spearman_r']:.2f} [{c['spearman_low']:.2f}, {c['spearman_high']:.2f}], "
+                          f"n = {c['n']}")
+    fig.suptitle(f"{fam} init: plain nets, singularity measures vs final training accuracy (dashed: least squares)",
+                 fontsize=10)
+    stem = f"seeds_correlation_{fam}"
+    save_figure(fig, out, stem)
+    return stem
+
+

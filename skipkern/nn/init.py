@@ -88,8 +88,9 @@ def scaled_stds(arch: str, in_features: int, width: int, depth: int, out_feature
         branch relu(W h) gets He * alpha with alpha = ``branch_scale(depth)``;
       - degenerate skips Q (a fraction p of singular values zero) carry only (1 - p) of the mean square,
         so the branch must supply the rest: He * sqrt(p + alpha^2);
-      - output layer (linear): sqrt(1 / width), so every logit has standard deviation ~ rms(h_depth) = O(1)
-        and the initial loss is ln(C) + O(1), never the saturated softmax of a large logit scale.
+      - output layer (linear): 0.5 sqrt(1 / width), so every logit has standard deviation ~ rms(h_depth) / 2
+        and the initial loss stays near ln(C) (within ~0.5 when the last hidden layer's rms is up to twice
+        the input's), never the saturated softmax of a large logit scale.
     ``gain`` multiplies every hidden (not output) standard deviation, for init-scale sweeps.
     """
     if depth < 1:
@@ -105,7 +106,7 @@ def scaled_stds(arch: str, in_features: int, width: int, depth: int, out_feature
     else:
         raise ValueError(f"arch must be one of plain, residual, orthogonal, degenerate, hyper_residual; got {arch!r}")
     return ([gain * math.sqrt(2.0 / in_features)] + [gain * hidden] * (depth - 1)
-            + [math.sqrt(1.0 / width)])
+            + [0.5 * math.sqrt(1.0 / width)])
 
 
 def hyper_scale(depth: int, hyper_skip: str, hyper_reduce: str = "mean") -> float:
