@@ -84,10 +84,9 @@ def part_time(device: str, smoke: bool, rows: list) -> list:
                 op = make()
                 V = torch.randn(op.shape[0], k, device=device)
                 slow = name.startswith("torch") or name == "skipkern fused"
-                row.update(_time(lambda: op @ V, device, 2 if slow or smoke else 10), status="ok",
-                           ms_per_direction=None)
+                row.update(_time(lambda op=op, V=V: op @ V, device, 2 if slow or smoke else 10), status="ok")
                 row["ms_per_direction"] = row["median_ms"] / k
-                del op
+                op = V = None  # free the workspace before the next provider
             except Exception as exc:  # noqa: BLE001 - one provider failing must not hide the others
                 row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
             rows.append(row)

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from skipkern.kernels.precision import dot_precision
 from skipkern.kernels.skip_mlp_config import launch, pow2, problem_key
-from skipkern.kernels.skip_linear import _activation, _activation_grad
+from skipkern.kernels.skip_linear_kernels import _activation, _activation_grad
 from skipkern.reference import ACTIVATIONS, SKIP_CODES, SKIPS
 
 log = logging.getLogger("skipkern")
