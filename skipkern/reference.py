@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 # The op vocabulary, spelled once: a name's position is the integer code that the op entry passes to
-# every kernel (C++ and CUDA enums in csrc/op_codes.h, Triton constexprs in kernels/skip_linear.py).
+# every kernel (C++ and CUDA enums in csrc/op_codes.h, Triton constexprs in kernels/skip_linear_kernels.py).
 ACTIVATIONS = ("relu", "identity", "tanh", "gelu")
 SKIPS = ("none", "identity", "dense")
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}

@@ -2,8 +2,8 @@
 
 Runs CUDA tensors on the GPU, or CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (tests, CI; slow). float32/float64 everywhere; float16/bfloat16
-on the GPU only. fp32 dots are IEEE fp32 unless ``SKIPKERN_TRITON_TF32=1``; ``SKIPKERN_TRITON_AUTOTUNE=1``
-autotunes the GPU tile sizes instead of the built-in heuristic.
+on the GPU only. fp32 dots use TF32 on the GPU unless ``SKIPKERN_TRITON_TF32=0`` (kernels/precision.py);
+``SKIPKERN_TRITON_AUTOTUNE=1`` times the GPU tile sizes once per problem shape (kernels/tuning.py).
 """
 from __future__ import annotations
 
