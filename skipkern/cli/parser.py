@@ -83,6 +83,9 @@ def _add_train(sub) -> None:
                        description="Train one net with Adam; an interrupted run resumes from --out/checkpoint.pt "
                                    "when every setting matches (else the differing settings are named).")
     p.add_argument("--arch", default="residual", choices=ARCHS, help=f"one of {', '.join(ARCHS)} (default residual)")
+    p.add_argument("--init", default="glorot", choices=("glorot", "scaled"),
+                   help="init family: glorot (the paper's Glorot normal, default) or scaled (O(1) hidden scale and "
+                        "logits at any depth; see skipkern.nn.init)")
     p.add_argument("--depth", type=POSITIVE, default=20)
     p.add_argument("--width", type=POSITIVE, default=None, help="default 128 (64 with --quick)")
     p.add_argument("--epochs", type=COUNT, default=None, help="default 20 (5 with --quick)")

@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
         data = ctx.dataset(n_train, args.n_test)
         model = SkipMLP(data.in_features, width, args.depth, data.num_classes, arch=args.arch,
                         degenerate_fraction=args.degenerate_fraction, batchnorm_layers=tuple(args.bn_layer),
-                        backend=args.backend, seed=seed, device=args.device)
+                        backend=args.backend, seed=seed, device=args.device, init=args.init)
         if args.malicious:
             malicious_init_(model)
         reg = BiasReg(model, *args.biasreg, seed=seed) if args.biasreg else None

@@ -54,7 +54,7 @@ _SPECIFIC = {
                 "quick": dict(depth=30, search_candidates=4, search_steps=300, search_seed=0),
                 "full": dict(depth=30, search_candidates=8, search_steps=2000, search_seed=0)},
     "skip_benefit": {"tiny": dict(depths=[2, 3], gains=[1.0]),
-                     "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0]),
+                     "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1, 2]),
                      "full": dict(depths=[5, 10, 20, 30, 50], gains=[0.5, 1.0, 2.0])},
 }
 
