@@ -39,15 +39,15 @@ _SPEC = {
     "tiny": dict(depths=[3, 6], steps=6, seeds=[0, 1, 2], diag_points=1, spectra=[], cond_cap=8.0,
                  conv_blocks=[1, 2], conv_channels=4, conv_size=8, conv_classes=3, conv_n_train=48,
                  conv_eval_batch=8, conv_steps=2, conv_lr=1e-3, conv_batch=16, conv_seeds=[0], conv_batchnorm=True,
-                 conv_data_seed=0),
-    "quick": dict(depths=[10, 40, 164], steps=300, seeds=[0, 1, 2], diag_points=1, spectra=[], cond_cap=8.0,
-                  conv_blocks=[2, 8], conv_channels=16, conv_size=16, conv_classes=10, conv_n_train=2000,
-                  conv_eval_batch=64, conv_steps=150, conv_lr=1e-3, conv_batch=64, conv_seeds=[0],
-                  conv_batchnorm=True, conv_data_seed=0),
+                 conv_data_seed=0, conv_threads=1),
+    "quick": dict(depths=[10, 40, 164], steps=100, eval_points=4, seeds=[0, 1, 2], diag_points=1, spectra=[],
+                  cond_cap=8.0, conv_blocks=[2, 8], conv_channels=16, conv_size=16, conv_classes=10,
+                  conv_n_train=2000, conv_eval_batch=64, conv_steps=100, conv_lr=1e-3, conv_batch=64, conv_seeds=[0],
+                  conv_batchnorm=True, conv_data_seed=0, conv_threads=1),
     "full": dict(depths=[10, 20, 40, 80, 164], seeds=[0, 1, 2, 3, 4], diag_points=1, spectra=[], cond_cap=8.0,
                  conv_blocks=[4, 16, 40], conv_channels=32, conv_size=32, conv_classes=10, conv_n_train=20000,
                  conv_eval_batch=128, conv_steps=3000, conv_lr=1e-3, conv_batch=128, conv_seeds=[0, 1, 2],
-                 conv_batchnorm=True, conv_data_seed=0),
+                 conv_batchnorm=True, conv_data_seed=0, conv_threads=None),
 }
 
 
@@ -130,7 +130,9 @@ def run(ctx: Context, cfg: dict) -> dict:
             fam_rows, depths), figure=f"depth_condition_{fam}", family=fam, reason=reason, outcomes=outs,
             caveats=_caveats(cfg)))
     from skipkern.experiments.depth_conv import conv_study
-    conv = conv_study(ctx, cfg)
+    from skipkern.experiments.neighbour_stats import threads
+    with threads(cfg.get("conv_threads")):  # small convolutions: one thread unless told otherwise
+        conv = conv_study(ctx, cfg)
     from skipkern.experiments.depth_figures import conv_figure, condition_figure, first_singular_figure
     figs = [condition_figure(out, fam, depths, [r for r in rows if r["family"] == fam], cfg) for fam in by_family]
     figs += [first_singular_figure(out, rows, depths, cfg), conv_figure(out, conv, cfg)]
@@ -146,9 +148,9 @@ def run(ctx: Context, cfg: dict) -> dict:
                           f"Convolutional nets on {conv['data']}: block outputs flattened as channels "
                           f"({conv['eval_rows']:,} rows of {conv['channels']} channels). Per-net numbers: depth.csv; "
                           "per-layer numbers: depth_layers.csv."), "figures": figs[len(by_family):]}]
-    return write_outputs(ctx, NAME, cfg, seeds, {f: {c: rs for c, rs in recs.items()} for f, recs in by_family.items()},
-                         findings, figs, {"per_family": {f["family"]: f["numbers"] for f in [x.to_dict() for x in findings]},
-                                          "conv": conv}, t0, rows=public, extra={"conv": conv}, sections=sections)
+    summary = {"per_family": {f.family: f.numbers for f in findings}}
+    return write_outputs(ctx, NAME, cfg, seeds, by_family, findings, figs, summary, t0, rows=public,
+                         extra={"conv": conv}, sections=sections)
 
 
 def _numbers(rows: list, depths: list) -> dict:

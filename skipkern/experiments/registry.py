@@ -122,3 +122,23 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_config(name: str, mode: str) -> dict:
     return get_recipe(name).config(mode)
+
+
+# The experiments after the neighbouring papers (connectivity: Wang et al. 2020; symmetry: Orhan 2017; depth:
+# Oyedotun et al. 2022). ``repro all`` runs them after the paper's recipes and before ``signal``; symmetry and
+# depth build on this module's DEEP_BASE (symmetry's plain/residual runs are the shared ones).
+from skipkern.experiments import connectivity, depth, symmetry  # noqa: E402
+
+RECIPES.update({
+    "connectivity": Recipe("connectivity", "loss barriers between independently trained nets vs the width m of a "
+                           "two-layer skip branch, linear and Bezier paths, final-loss spread (after Wang et al. 2020)",
+                           (), connectivity.run, copy.deepcopy(connectivity.CONFIGS)),
+    "symmetry": Recipe("symmetry", "binary-weight toy enumerated (plain / adjacent / DenseNet-style skips): functions, "
+                       "class sizes, local minima; BiasReg beside skips in deep nets (after Orhan 2017)", (),
+                       symmetry.run, symmetry.configs(DEEP_BASE)),
+    "depth": Recipe("depth", "condition number and numerical rank of every hidden representation, plain vs residual, "
+                    "10 to 164 layers, and a conv PlainNet vs ResNet (after Oyedotun et al. 2022)", (), depth.run,
+                    depth.configs(DEEP_BASE)),
+})
+ORDER = (tuple(n for n in ORDER if n != "signal") + ("connectivity", "symmetry", "depth")
+         + (("signal",) if "signal" in ORDER else ()))
