@@ -8,7 +8,7 @@
 #   forward  _skip_mlp_fwd_kernel  grid (B/BM,): each program carries its BM rows through all L+1 layers.
 #            h [BM, WIDTH_P] is the A operand of every dot; each layer's output is produced in column chunks
 #            of BLOCK_SIZE_N (W^T chunk [WIDTH_P, BN]) and written once, z_j and h_{j+1} into Z [L, B, W] and
-#            H [L, B, W] (the backward reads them). With one chunk (BN >= WIDTH_P, the fast path for W <= 128
+#            H [L, B, W] (the backward reads them). With one chunk (SINGLE: BN >= WIDTH_P, the fast path for W <= 128
 #            in fp32) h stays in registers from layer to layer; with several, the next layer's h is read back
 #            from H after a block barrier (L1/L2-resident: the program wrote it a moment ago). The hyper-residual
 #            running sum lives in registers (one chunk) or in a [B, W] scratch (several).
@@ -50,10 +50,9 @@ def _skip_mlp_fwd_kernel(
     h_ptr, z_ptr, hs_ptr, out_ptr,
     M, K0, WIDTH, C, L,
     ACTIVATION: tl.constexpr, SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, HYPER: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, WIDTH_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, WIDTH_P: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
 ):
-    SINGLE: tl.constexpr = BLOCK_SIZE_N >= WIDTH_P
     dt = x_ptr.dtype.element_ty
     acc_dt = tl.float64 if dt == tl.float64 else tl.float32
     offs_m = tl.program_id(0) * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
@@ -156,10 +155,9 @@ def _skip_mlp_bwd_kernel(
     g_ptr, w_in_ptr, w_ptr, q_ptr, p_ptr, c_ptr, w_out_ptr, z_ptr, gz_ptr, gs_ptr, dx_ptr,
     M, K0, WIDTH, C, L,
     ACTIVATION: tl.constexpr, SKIP: tl.constexpr, HYPER: tl.constexpr, NEEDS_DX: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, WIDTH_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, WIDTH_P: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
 ):
-    SINGLE: tl.constexpr = BLOCK_SIZE_N >= WIDTH_P
     dt = w_ptr.dtype.element_ty
     acc_dt = tl.float64 if dt == tl.float64 else tl.float32
     offs_m = tl.program_id(0) * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
@@ -366,7 +364,7 @@ def skip_mlp_fwd(x: torch.Tensor, w_in: torch.Tensor, b_in: Optional[torch.Tenso
         _skip_mlp_fwd_kernel[(triton.cdiv(m, bm),)](
             x, w_in, _c(b_in, w_in), _c(w, w_in), _c(b, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in),
             w_out.contiguous(), _c(b_out, w_in), H, Z, hs, out, m, k0, width, cc, L, **consts,
-            BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
+            SINGLE=bn >= pow2(width), BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
 
     launch("fwd", run, problem_key(m, width, k0, cc, dt, skip, hyper), (m, width, k0, dt), dev, blocks, INTERPRET)
     return out, H, Z
@@ -400,7 +398,7 @@ def skip_mlp_bwd(g_out: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, w: to
             _skip_mlp_bwd_kernel[(triton.cdiv(m, bm),)](
                 g_out.contiguous(), w_in, _c(w, w_in), _c(q, w_in), _c(p, w_in), _c(c, w_in), w_out.contiguous(),
                 Z.contiguous(), GZ, gs, dx if needs_dx else GZ, m, k0, width, cc, L, **consts,
-                BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
+                SINGLE=bn >= pow2(width), BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, num_warps=warps, num_stages=stages)
 
         launch("bwd", run, problem_key(m, width, k0, cc, dt, skip, hyper), (m, width, k0, dt), dev, blocks,
                INTERPRET)

@@ -265,8 +265,8 @@ def comp(kern, c, dt):
 
 for dt, prec, wp, bn, skip, hyper in [("fp32", "tf32", 128, 128, "identity", False),
                                       ("bf16", "ieee", 256, 64, "dense", True)]:
-    c = dict(ACTIVATION=AC["relu"], SKIP=SK[skip], HYPER=hyper, DOT_PRECISION=prec, WIDTH_P=wp, BLOCK_SIZE_M=16,
-             BLOCK_SIZE_N=bn, BLOCK_SIZE_K=32)
+    c = dict(ACTIVATION=AC["relu"], SKIP=SK[skip], HYPER=hyper, DOT_PRECISION=prec, WIDTH_P=wp, SINGLE=bn >= wp,
+             BLOCK_SIZE_M=16, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=32)
     comp(km._skip_mlp_fwd_kernel, dict(c, HAS_BIAS=True), dt)
     comp(km._skip_mlp_bwd_kernel, dict(c, NEEDS_DX=True), dt)
 comp(km._skip_mlp_dw_kernel, dict(HAS_BIAS=True, DOT_PRECISION="tf32", BLOCK_SIZE_M=32, BLOCK_SIZE_N=64,
