@@ -109,3 +109,18 @@ def _same_orbit(a, b):
             if torch.equal(img, a) or torch.equal(-img, a):
                 return True
     return False
+
+
+@pytest.mark.slow
+def test_tiny_recipe_writes_its_files(tmp_path):
+    from skipkern.experiments.common import Context
+    from skipkern.experiments.registry import get_recipe
+    ctx = Context(out=tmp_path, mode="tiny", progress=False)
+    res = get_recipe("symmetry").run(ctx)
+    out = tmp_path / "symmetry"
+    for f in ("results.json", "symmetry.csv", "symmetry_toy.csv", "symmetry_class_sizes.png",
+              "symmetry_local_minima.png", "symmetry_deep.png"):
+        assert (out / f).is_file(), f
+    toy = [f for f in res["findings"] if f["result"] == "symmetry (binary toy)"][0]
+    assert [o["key"] for o in toy["outcomes"]] == ["S1", "S2", "S3", "S4"]
+    assert res["summary"]["toy"]["plain"]["functions"] == 13  # 2 inputs, widths (2, 2), sign units
