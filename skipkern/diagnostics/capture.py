@@ -231,7 +231,8 @@ def select_modules(model: nn.Module, modules=None) -> list:
     if modules is None:
         return [(n, m) for n, m in named if isinstance(m, ACTIVATION_MODULES)
                 or (isinstance(m, SkipLinear) and m.activation != "identity")]
-    if isinstance(modules, type) or (isinstance(modules, tuple) and modules and all(isinstance(t, type) for t in modules)):
+    types = isinstance(modules, tuple) and modules and all(isinstance(t, type) for t in modules)
+    if isinstance(modules, type) or types:
         return [(n, m) for n, m in named if isinstance(m, modules)]
     if callable(modules):
         return [(n, m) for n, m in named if modules(n, m)]

@@ -29,7 +29,6 @@ import math
 import time
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -186,10 +185,11 @@ def _analyse(cfg: dict, dims: list, widths: list, nets: list, pairs: list) -> tu
             init = _values(nets, "init_train_loss", n=n, arch=arch)
             mean_final = float(np.mean([x for v in loss.values() for x in v]))
             ok = mean_final < float(cfg["learn_gate"])
-            gates[f"n={n} {arch}"] = {"ok": ok, "reason": "" if ok else (
+            nums = {"mean_final_loss": mean_final, "n": sum(len(v) for v in loss.values()),
+                    "mean_init_loss": float(np.mean([x for v in init.values() for x in v]))}
+            gates[f"n={n} {arch}"] = {"ok": ok, "numbers": nums, "reason": "" if ok else (
                 f"n={n} {arch}: mean final training loss {mean_final:.3g} not below {cfg['learn_gate']} (a constant "
-                f"predictor has 1)"), "numbers": {"mean_final_loss": mean_final, "n": sum(len(v) for v in loss.values()),
-                                                  "mean_init_loss": float(np.mean([x for v in init.values() for x in v]))}}
+                f"predictor has 1)")}
             s[arch] = {"final_train_loss": {m: _quantiles(v) for m, v in sorted(loss.items())},
                        "excess_slope": _strip(bootstrap_slope(_excess(nets, n=n, arch=arch), nb, seed=n))}
             for meth in cfg["methods"]:
@@ -248,8 +248,9 @@ def _evidence(cfg: dict, dims: list, widths: list, summary: dict) -> str:
         s = summary["per_n"][n]
         sk, pl = s["skip"][f"{meth}_slope"], s["plain"][f"{meth}_slope"]
         g = s["gap_plain_minus_skip"]
-        parts.append(f"n = {n}: {meth} barrier slope with skip {sk['slope']:+.2f} [{sk['low']:+.2f}, {sk['high']:+.2f}], "
-                     f"without {pl['slope']:+.2f} [{pl['low']:+.2f}, {pl['high']:+.2f}] (log10/log10); plain minus skip "
+        parts.append(f"n = {n}: {meth} barrier slope with skip {sk['slope']:+.2f} [{sk['low']:+.2f}, "
+                     f"{sk['high']:+.2f}], without {pl['slope']:+.2f} [{pl['low']:+.2f}, {pl['high']:+.2f}] "
+                     "(log10/log10); plain minus skip "
                      f"{g['gap']:+.2f} decades [{g['low']:+.2f}, {g['high']:+.2f}].")
     return " ".join(parts)
 

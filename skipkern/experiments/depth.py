@@ -158,7 +158,8 @@ def _numbers(rows: list, depths: list) -> dict:
     for d in depths:
         for a in ARCHS:
             rs = [r for r in rows if r["depth"] == d and r["arch"] == a]
-            out[f"{a}@{d}"] = {"nets": len(rs), "nets_singular_trained": sum(r["singular_layers_trained"] > 0 for r in rs),
+            out[f"{a}@{d}"] = {"nets": len(rs),
+                               "nets_singular_trained": sum(r["singular_layers_trained"] > 0 for r in rs),
                                "nets_singular_init": sum(r["singular_layers_init"] > 0 for r in rs),
                                "first_singular_trained": [r["first_singular_trained"] for r in rs],
                                "log10_cond_last_trained": [r["log10_cond_last_trained"] for r in rs],

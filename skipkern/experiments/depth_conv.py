@@ -85,7 +85,8 @@ def _data(ctx, cfg: dict) -> tuple:
         xe = ds.x_test.reshape(-1, 3, 32, 32)
         return x, ds.y_train, xe, ctx.data, ds.num_classes
     n, ne = int(cfg["conv_n_train"]), int(cfg["conv_eval_batch"])
-    x, y = synthetic_images(n + ne, int(cfg["conv_classes"]), size=int(cfg["conv_size"]), seed=int(cfg["conv_data_seed"]))
+    x, y = synthetic_images(n + ne, int(cfg["conv_classes"]), size=int(cfg["conv_size"]),
+                            seed=int(cfg["conv_data_seed"]))
     return x[:n], y[:n], x[n:], "synthetic images", int(cfg["conv_classes"])
 
 

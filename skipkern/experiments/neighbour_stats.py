@@ -14,8 +14,8 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["loglog_slope", "bootstrap_slope", "bootstrap_slope_difference", "bootstrap_mean_gap", "paired_t", "newcombe_difference", "threads",
-           "LEVEL"]
+__all__ = ["loglog_slope", "bootstrap_slope", "bootstrap_slope_difference", "bootstrap_mean_gap", "paired_t",
+           "newcombe_difference", "threads", "LEVEL"]
 
 LEVEL = 0.95
 

@@ -140,10 +140,12 @@ def _toy_finding(cfg: dict, t: dict) -> Finding:
     wt = np.asarray([p["weight"] for p in t["versions"]["plain"]["teachers"]], dtype=float)
     mean = {v: float(np.sum(wt * lf[v]) / wt.sum()) for v in VERSIONS}
     outs = []
-    for key, a, b, stat in (("S1", "adjacent", "plain", "log2_functions"), ("S2", "dense", "adjacent", "log2_functions"),
+    exact = "exact enumeration: the interval is the point"
+    for key, a, b, stat in (("S1", "adjacent", "plain", "log2_functions"),
+                            ("S2", "dense", "adjacent", "log2_functions"),
                             ("S3", "plain", "adjacent", "log2_weighted_class_size")):
         e = st[a][stat] - st[b][stat]
-        outs.append(judge_interval(prediction(key), e, e, e, (1,), detail="exact enumeration: the interval is the point"))
+        outs.append(judge_interval(prediction(key), e, e, e, (1,), detail=exact))
     d = np.log10(lf["plain"]) - np.log10(lf["adjacent"])
     w = np.asarray([p["weight"] for p in t["versions"]["plain"]["teachers"]], dtype=float)
     if cfg["toy_teacher"] == "orbits":  # every task enumerated: the weighted mean is exact
@@ -152,12 +154,15 @@ def _toy_finding(cfg: dict, t: dict) -> Finding:
             f"exact mean over all {int(w.sum())} non-constant labellings ({len(w)} symmetry orbits)")))
     else:
         m, lo, hi, n = paired_t(d)
-        outs.append(judge_interval(prediction("S4"), m, lo, hi, (n,), detail=f"paired t over {n} sampled teacher tasks"))
+        outs.append(judge_interval(prediction("S4"), m, lo, hi, (n,),
+                                   detail=f"paired t over {n} sampled teacher tasks"))
     verdict, reason = combine(outs)
     ev = (f"{t['versions']['plain']['num_weights']} binary weights ({cfg['toy_input_dim']} inputs, hidden widths "
-          f"{cfg['toy_widths']}, {cfg['toy_activation']} units), 2^{t['versions']['plain']['num_weights']} configurations "
+          f"{cfg['toy_widths']}, {cfg['toy_activation']} units), 2^{t['versions']['plain']['num_weights']} "
+          "configurations "
           "per version. Distinct functions: " + ", ".join(f"{v} {st[v]['functions']:,}" for v in VERSIONS)
-          + "; size-weighted mean class size: " + ", ".join(f"{v} {st[v]['weighted_mean_class_size']:,.0f}" for v in VERSIONS)
+          + "; size-weighted mean class size: "
+          + ", ".join(f"{v} {st[v]['weighted_mean_class_size']:,.0f}" for v in VERSIONS)
           + f". Over {_tasks(cfg, t)} ({cfg['toy_loss']} loss), single-flip local minima (task-weighted mean, range "
           "over tasks): " + ", ".join(f"{v} {100 * mean[v]:.2f}% ({100 * lf[v].min():.2f}-{100 * lf[v].max():.2f}%)"
                                       for v in VERSIONS)
@@ -204,8 +209,8 @@ def _deep(ctx: Context, cfg: dict) -> tuple:
               + acc_evidence(acc, cfg["steps"]))
         findings.append(Finding(DEEP, DEEP_CLAIM, verdict, ev, numbers={"final_train_acc": acc}, figure="symmetry_deep",
                                 family=fam, reason=reason, outcomes=outs,
-                                caveats=["BiasReg's (mu, sigma, lam) are the middle of our search ranges, not tuned; the "
-                                         "biasreg experiment tunes them."]))
+                                caveats=["BiasReg's (mu, sigma, lam) are the middle of our search ranges, not "
+                                         "tuned; the biasreg experiment tunes them."]))
     return by_family, findings, seeds
 
 
@@ -224,8 +229,9 @@ def run(ctx: Context, cfg: dict) -> dict:
     findings += deep_findings
     toy_rows = [dict(version=v, teacher=i, **p) for v in VERSIONS for i, p in enumerate(t["versions"][v]["teachers"])]
     sections = [{"title": "Symmetry breaking on a binary-weight toy (after Orhan 2017)",
-                 "text": ("Class sizes: for each version, the fraction of all configurations whose function is computed "
-                          "by a class of the given size (bins of powers of 2). Local minima: one line per teacher task. "
+                 "text": ("Class sizes: for each version, the fraction of all configurations whose function is "
+                          "computed by a class of the given size (bins of powers of 2). Local minima: one line per "
+                          "teacher task (or symmetry orbit of tasks). "
                           "Per-teacher numbers: symmetry_toy.csv; class-size histograms: results.json."),
                  "figures": figs[:2]}]
     write_csv(out / "symmetry_toy.csv", toy_rows)

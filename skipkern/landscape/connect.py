@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from skipkern.landscape.curves import BezierPath, LinearPath, Path, PolyChain
+from skipkern.landscape.curves import BezierPath, LinearPath, Path
 from skipkern.landscape.params import LossEvaluator, ParamLayout, Split, as_splits, stack_flat
 
 __all__ = ["connect", "connect_many", "PathResult", "barrier", "profile", "fit_bezier", "METHODS"]
@@ -198,7 +198,8 @@ def connect_many(models_a: Sequence[nn.Module], models_b: Sequence[nn.Module], l
                  data: Union[Split, Mapping[str, Split]], *, method: str = "linear", test_data: Optional[Split] = None,
                  num_points: int = 21, refine: int = 20, batch_size: Optional[int] = None, steps: int = 500,
                  lr: float = 1e-2, bends: int = 1, train_batch: Optional[int] = None, train_mode: Optional[bool] = None,
-                 optimizer: str = "adam", lr_decay: str = "cosine", seed: int = 0, progress: bool = False, neb: Optional[dict] = None) -> list:
+                 optimizer: str = "adam", lr_decay: str = "cosine", seed: int = 0, progress: bool = False,
+                 neb: Optional[dict] = None) -> list:
     """``connect`` for K pairs (models_a[k], models_b[k]) of one architecture, evaluated and (for
     "bezier") trained together in batched forward passes. Returns K ``PathResult``."""
     _check_method(method)
