@@ -1,4 +1,4 @@
-"""Spectral density by stochastic Lanczos quadrature (SLQ).
+"""Spectral density by stochastic Lanczos quadrature (SLQ): the result object.
 
 Ubaru, Chen and Saad, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature" (SIMAX 2017);
 Ghorbani, Krishnan and Xiao, "An investigation into neural net optimization via Hessian eigenvalue
@@ -6,7 +6,14 @@ density" (ICML 2019). For each unit probe v_j, m Lanczos steps give T_j; its eig
 (Ritz values) with weights w_ji = (first component of the eigenvector)^2 form a Gauss quadrature of
 v_j^T f(A) v_j = sum_i w_ji f(theta_ji). With E[v v^T] = I/P, the average over probes estimates
 (1/P) sum_lambda f(lambda): the density (f = Gaussian kernel), the fraction of eigenvalues in a set
-(f = indicator) and the moments (f = lambda^p). Standard errors are across probes.
+(f = indicator) and the moments (f = lambda^p).
+
+With d deflated eigenvalues (skipkern.hessian.deflation) each probe's quadrature is combined exactly
+with them: the bulk weights are scaled by (P - d) / P and every deflated eigenvalue is a node of
+weight 1/P in every row, so each row of ``weights`` is a probability measure normalised over P.
+Fractions (``fraction_degenerate``, ``fraction_negative``, ``fraction_in``) are certified
+(skipkern.hessian.fractions): a point estimate with its standard error and an interval that holds
+with a stated confidence, accounting for the quadrature and the probes.
 """
 from __future__ import annotations
 
@@ -14,15 +21,21 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 
-from skipkern.hessian.adapters import as_operator
-from skipkern.hessian.lanczos import LanczosResult, check_count, lanczos, probe_seed
+from skipkern.hessian.fractions import Fraction, certify
+from skipkern.hessian.lanczos import LanczosResult, check_count
+from skipkern.hessian.quadrature import gauss_cdf_bounds, gauss_rule
 
-__all__ = ["Estimate", "SpectralDensity", "spectral_density", "from_lanczos"]
+__all__ = ["Estimate", "SpectralDensity", "from_lanczos", "ROUNDING_FACTOR"]
+
+# Rounding of the products moves eigenvalues by about this many eps(product dtype) x ||A|| at most:
+# measured <= 0.05 eps ||A|| per float32 product on SkipMLP Hessians (depth 4-20, three archs), so
+# 4 leaves a margin of ~80.
+ROUNDING_FACTOR = 4.0
 
 
 class Estimate(NamedTuple):
@@ -42,13 +55,16 @@ class SpectralDensity:
     """Quadrature of an SLQ run and its smoothed density.
 
     Attributes:
-        nodes: [k, m] Ritz values per probe (float64 numpy).
-        weights: [k, m] Gauss weights per probe; each row sums to 1 (0 past a probe's length).
+        nodes: [k, m + d] Ritz values per probe, then the d deflated eigenvalues (float64 numpy).
+        weights: [k, m + d] weights per probe; each row sums to 1 (0 past a probe's length).
         dim: dimension P of the operator.
         sigma: Gaussian smoothing width of ``density``.
         grid: [G] points where ``values`` is evaluated.
         values: [G] the smoothed density (integrates to ~1 over the real line).
-        meta: run facts (num_steps, seed, lengths, num_matmat, ...).
+        meta: run facts (num_steps, seed, lengths, num_matmat, probe, deflation, ...).
+        alphas, betas: [k, m] the Lanczos tridiagonals of the bulk (betas[j, L_j - 1] is probe j's last
+            residual norm, 0 when its quadrature is exact); None in files saved before they were kept.
+        deflated: [d] the deflated eigenvalues (empty without deflation).
     """
 
     nodes: np.ndarray
@@ -58,18 +74,31 @@ class SpectralDensity:
     grid: np.ndarray
     values: np.ndarray = field(default=None)
     meta: dict = field(default_factory=dict)
+    alphas: Optional[np.ndarray] = None
+    betas: Optional[np.ndarray] = None
+    deflated: np.ndarray = field(default=None)
 
     def __post_init__(self):
         self.nodes = np.asarray(self.nodes, dtype=np.float64)
         self.weights = np.asarray(self.weights, dtype=np.float64)
         self.grid = np.asarray(self.grid, dtype=np.float64)
+        self.deflated = np.zeros(0) if self.deflated is None else np.asarray(self.deflated, dtype=np.float64)
+        for name in ("alphas", "betas"):
+            if getattr(self, name) is not None:
+                setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
         if self.values is None:
             self.values = self.density(self.grid, self.sigma)
         self.values = np.asarray(self.values, dtype=np.float64)
+        self._rules = None
 
     @property
     def num_probes(self) -> int:
         return self.nodes.shape[0]
+
+    @property
+    def probe(self) -> str:
+        """Probe distribution: "rademacher" or "sphere" (uniform on the unit sphere)."""
+        return self.meta.get("probe", "rademacher")
 
     def density(self, grid: Optional[np.ndarray] = None, sigma: Optional[float] = None) -> np.ndarray:
         """Smoothed density (1/k) sum_j sum_i w_ji N(t; theta_ji, sigma^2) on ``grid`` [G]."""
@@ -89,24 +118,67 @@ class SpectralDensity:
         per = (self.weights * f(self.nodes)).sum(1)
         return _mean_se(per)
 
-    def fraction_degenerate(self, eps: float) -> Estimate:
-        """Fraction of eigenvalues with |lambda| <= eps, with its standard error."""
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        return self.expectation(lambda x: (np.abs(x) <= eps).astype(np.float64))
+    # ------------------------------------------------------------------------- fractions
+    def fraction_in(self, lo: float, hi: float, *, confidence: float = 0.95, bound: str = "rigorous") -> Fraction:
+        """Fraction of eigenvalues in [lo, hi] (+-inf allowed): a Fraction with value, stderr and the
+        certified [lower, upper] at ``confidence`` (skipkern.hessian.fractions; ``bound="t"`` for
+        Student-t probe intervals instead of the guaranteed ones)."""
+        lo, hi = float(lo), float(hi)
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"the interval must have lo <= hi, got [{lo}, {hi}]")
+        per = (self.weights * ((self.nodes >= lo) & (self.nodes <= hi))).sum(1)
+        return certify(self, lo, hi, per, confidence=confidence, bound=bound)
 
-    def fraction_negative(self, eps: float = 0.0) -> Estimate:
-        """Fraction of eigenvalues with lambda < -eps, with its standard error."""
-        if eps < 0:
+    def fraction_degenerate(self, eps: float, *, confidence: float = 0.95, bound: str = "rigorous") -> Fraction:
+        """Fraction of eigenvalues with |lambda| <= eps, certified (value, stderr, lower, upper, ...)."""
+        if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        return self.expectation(lambda x: (x < -eps).astype(np.float64))
+        return self.fraction_in(-eps, eps, confidence=confidence, bound=bound)
+
+    def fraction_negative(self, eps: float = 0.0, *, confidence: float = 0.95, bound: str = "rigorous") -> Fraction:
+        """Fraction of eigenvalues with lambda < -eps, certified (value, stderr, lower, upper, ...)."""
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        per = (self.weights * (self.nodes < -eps)).sum(1)
+        return certify(self, -math.inf, -eps, per, confidence=confidence, bound=bound)
+
+    # ---------------------------------------------------- what skipkern.hessian.fractions reads
+    def has_tridiagonals(self) -> bool:
+        return self.alphas is not None and self.betas is not None
+
+    def probe_tridiagonals(self) -> Iterator[tuple]:
+        """Per probe (alpha [L], beta [L-1], beta_L, Gauss rule (nodes, weights), exact)."""
+        lengths = self.meta.get("lengths") or [int((w > 0).sum()) for w in self.weights]
+        if self._rules is None:
+            self._rules = [gauss_rule(self.alphas[j, :n], self.betas[j, :n - 1]) for j, n in enumerate(lengths)]
+        for j, n in enumerate(lengths):
+            last = float(self.betas[j, n - 1])
+            yield self.alphas[j, :n], self.betas[j, :n - 1], last, self._rules[j], last == 0.0
+
+    def rounding_floor(self) -> float:
+        """How far rounding of the products may move an eigenvalue: ROUNDING_FACTOR eps ||A||."""
+        dt = getattr(torch, str(self.meta.get("product_dtype", "float64")), torch.float64)
+        live = self.weights > 0
+        scale = float(np.abs(self.nodes[live]).max()) if live.any() else 0.0
+        return ROUNDING_FACTOR * torch.finfo(dt).eps * scale
+
+    def threshold_uncertainty(self) -> float:
+        """rho: the deflation residual bound plus the rounding floor (skipkern.hessian.fractions, 3)."""
+        return float(self.meta.get("deflation", {}).get("residual", 0.0)) + self.rounding_floor()
+
+    def gauss_node_bounds(self, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-probe Gauss-node bounds [k] on the mass of [a, b] (for files without tridiagonals)."""
+        lo, hi = np.zeros(self.num_probes), np.zeros(self.num_probes)
+        for j, (th, w) in enumerate(zip(self.nodes, self.weights)):
+            keep = w > 0
+            la, ua = gauss_cdf_bounds(th[keep], w[keep], a) if math.isfinite(a) else (0.0, 0.0)
+            lb, ub = gauss_cdf_bounds(th[keep], w[keep], b) if math.isfinite(b) else (1.0, 1.0)
+            lo[j], hi[j] = max(0.0, lb - ua), min(1.0, ub - la)
+        return lo, hi
 
     def _cdf(self, t: float, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per probe: (Gauss estimate, lower, upper) of mu((-inf, t)) (strict) or mu((-inf, t]).
-
-        The bounds are the Chebyshev-Markov-Stieltjes inequalities of Gauss quadrature: the true
-        probe measure lies within the estimate minus the weight of the last node below t and plus the
-        weight of the first node above it. They bound the quadrature error, not the probe noise."""
+        """Per probe: (Gauss estimate, lower, upper) of mu((-inf, t)) (strict) or mu((-inf, t]) from the
+        Gauss nodes alone (Chebyshev-Markov-Stieltjes; looser than the certified fractions)."""
         w = self.weights
         valid = w > 0
         below = valid & ((self.nodes < t) if strict else (self.nodes <= t))
@@ -120,13 +192,14 @@ class SpectralDensity:
         return est, est - w_last, est + w_first
 
     def fraction_negative_bounds(self, eps: float = 0.0) -> tuple[Estimate, Estimate]:
-        """(lower, upper) bounds on the fraction with lambda < -eps: the quadrature error of the Gauss
-        estimate is confined between them (Chebyshev-Markov-Stieltjes); each carries its probe SE."""
+        """(lower, upper) Gauss-node bounds on the fraction with lambda < -eps, each with its probe SE
+        (superseded by ``fraction_negative(eps).lower/.upper``, which are sharper and certified)."""
         _, lo, hi = self._cdf(-eps, strict=True)
         return _mean_se(np.clip(lo, 0, 1)), _mean_se(np.clip(hi, 0, 1))
 
     def fraction_degenerate_bounds(self, eps: float) -> tuple[Estimate, Estimate]:
-        """(lower, upper) bounds on the fraction with |lambda| <= eps (see fraction_negative_bounds)."""
+        """(lower, upper) Gauss-node bounds on the fraction with |lambda| <= eps (see
+        fraction_negative_bounds)."""
         _, lo_b, hi_b = self._cdf(eps, strict=False)
         _, lo_a, hi_a = self._cdf(-eps, strict=True)
         return _mean_se(np.clip(lo_b - hi_a, 0, 1)), _mean_se(np.clip(hi_b - lo_a, 0, 1))
@@ -142,9 +215,13 @@ class SpectralDensity:
 
     # ------------------------------------------------------------------------------ I/O
     def to_dict(self) -> dict:
-        return {"format": "skipkern.SpectralDensity", "version": 1, "dim": int(self.dim),
-                "sigma": float(self.sigma), "nodes": self.nodes.tolist(), "weights": self.weights.tolist(),
-                "grid": self.grid.tolist(), "values": self.values.tolist(), "meta": self.meta}
+        d = {"format": "skipkern.SpectralDensity", "version": 2, "dim": int(self.dim),
+             "sigma": float(self.sigma), "nodes": self.nodes.tolist(), "weights": self.weights.tolist(),
+             "grid": self.grid.tolist(), "values": self.values.tolist(), "meta": self.meta,
+             "deflated": self.deflated.tolist()}
+        if self.has_tridiagonals():
+            d.update(alphas=self.alphas.tolist(), betas=self.betas.tolist())
+        return d
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write to ``.json`` (readable) or ``.npz`` (compact), chosen by the suffix."""
@@ -152,27 +229,34 @@ class SpectralDensity:
         if path.suffix == ".json":
             path.write_text(json.dumps(self.to_dict()))
         elif path.suffix == ".npz":
+            extra = dict(alphas=self.alphas, betas=self.betas) if self.has_tridiagonals() else {}
             np.savez_compressed(path, nodes=self.nodes, weights=self.weights, grid=self.grid, values=self.values,
-                                dim=self.dim, sigma=self.sigma, meta=json.dumps(self.meta))
+                                dim=self.dim, sigma=self.sigma, meta=json.dumps(self.meta), deflated=self.deflated,
+                                **extra)
         else:
             raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
         return path
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SpectralDensity":
-        """Read a file written by ``save``."""
+        """Read a file written by ``save`` (also version-1 files, which lack the tridiagonals: their
+        fractions fall back to the looser Gauss-node bounds)."""
         path = Path(path)
         if path.suffix == ".json":
             d = json.loads(path.read_text())
             if d.get("format") != "skipkern.SpectralDensity":
                 raise ValueError(f"{str(path)!r} is not a saved SpectralDensity")
-            return cls(np.array(d["nodes"]), np.array(d["weights"]), int(d["dim"]), float(d["sigma"]),
-                       np.array(d["grid"]), np.array(d["values"]), d.get("meta", {}))
-        if path.suffix == ".npz":
+            get = d.get
+        elif path.suffix == ".npz":
             z = np.load(path)
-            return cls(z["nodes"], z["weights"], int(z["dim"]), float(z["sigma"]), z["grid"], z["values"],
-                       json.loads(str(z["meta"])))
-        raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
+            d = {key: z[key] for key in z.files}
+            d["meta"] = json.loads(str(z["meta"]))
+            get = d.get
+        else:
+            raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
+        opt = {key: np.asarray(get(key)) for key in ("alphas", "betas", "deflated") if get(key) is not None}
+        return cls(np.asarray(d["nodes"]), np.asarray(d["weights"]), int(d["dim"]), float(d["sigma"]),
+                   np.asarray(d["grid"]), np.asarray(d["values"]), d.get("meta", {}), **opt)
 
     def plot(self, ax=None, log: bool = False, label: Optional[str] = None, **kwargs):
         """Plot the smoothed density (``log=True``: log-scaled density axis, floored at 1e-12 of the peak).
@@ -209,41 +293,24 @@ def _default_grid(nodes: np.ndarray, weights: np.ndarray, sigma: Optional[float]
 
 
 def from_lanczos(res: LanczosResult, dim: int, *, sigma: Optional[float] = None, grid=None,
-                 meta: Optional[dict] = None) -> SpectralDensity:
-    """SpectralDensity from a LanczosResult of unit-norm probes on an operator of dimension ``dim``."""
+                 meta: Optional[dict] = None, deflated: Optional[np.ndarray] = None) -> SpectralDensity:
+    """SpectralDensity from a LanczosResult of unit-norm probes on an operator of dimension ``dim``
+    (with ``deflated`` eigenvalues [d]: the probes ran on the deflated operator, in its space of
+    dimension dim - d, and the measures are combined exactly with them)."""
     nodes, weights = res.ritz()
     nodes, weights = nodes.numpy(), weights.numpy()
+    lam = np.zeros(0) if deflated is None else np.asarray(deflated, dtype=np.float64).reshape(-1)
+    k, m = res.alphas.shape
+    betas = np.zeros((k, m))
+    betas[:, :max(m - 1, 0)] = res.betas.numpy()
+    if res.beta_last is not None:
+        for j, n in enumerate(res.lengths.tolist()):
+            betas[j, n - 1] = float(res.beta_last[j])
+    if lam.size:
+        weights = np.concatenate([weights * ((dim - lam.size) / dim), np.full((k, lam.size), 1.0 / dim)], 1)
+        nodes = np.concatenate([nodes, np.broadcast_to(lam, (k, lam.size))], 1)
     s, g = _default_grid(nodes, weights, sigma, grid)
-    info = {"num_steps": int(res.alphas.shape[1]), "lengths": res.lengths.tolist(), "num_matmat": res.num_matmat}
+    info = {"num_steps": int(m), "lengths": res.lengths.tolist(), "num_matmat": res.num_matmat}
     info.update(meta or {})
-    return SpectralDensity(nodes, weights, int(dim), s, g, meta=info)
-
-
-def spectral_density(op, *, num_probes: int = 10, num_steps: int = 80, sigma: Optional[float] = None,
-                     grid=None, seed: Optional[int] = None, progress: bool = True,
-                     reorthogonalize: str = "full") -> SpectralDensity:
-    """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
-
-    All probes run in lockstep: ``num_steps`` products of ``num_probes`` vectors each (for a
-    HessianOperator, ``num_steps`` passes over the data).
-
-    Args:
-        op: a symmetric operator (HessianOperator, DenseOperator, tensor, numpy array, scipy
-            LinearOperator, any object with shape and matmat; skipkern.hessian.adapters).
-        num_probes: random unit Rademacher probes k >= 1 (standard errors need k >= 2).
-        num_steps: Lanczos steps m >= 1 (capped at P).
-        sigma: Gaussian smoothing width (default: 1% of the Ritz-value range).
-        grid: evaluation points [G], or a point count (default 1000) spanning the Ritz values +- 5 sigma.
-        seed: probe seed (same seed, same numbers).
-        progress: tqdm bar with ETA per Lanczos step (quiet when not on a terminal).
-        reorthogonalize: "full" (default) or "none".
-    """
-    check_count("num_probes", num_probes)
-    check_count("num_steps", num_steps)
-    op = as_operator(op)
-    seed = probe_seed(op, seed)  # seed None under a process group: one seed, broadcast from rank 0
-    res = lanczos(op, num_steps, num_probes=num_probes, seed=seed, progress=progress,
-                  reorthogonalize=reorthogonalize)
-    return from_lanczos(res, op.shape[0], sigma=sigma, grid=grid,
-                        meta={"seed": seed, "num_probes": num_probes, "reorthogonalize": reorthogonalize,
-                              "product_dtype": str(op.dtype).replace("torch.", "")})
+    return SpectralDensity(nodes, weights, int(dim), s, g, meta=info, alphas=res.alphas.numpy(),
+                           betas=betas if res.beta_last is not None else None, deflated=lam)

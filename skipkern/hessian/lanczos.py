@@ -61,6 +61,8 @@ class LanczosResult:
         lengths: [k] int64 effective steps of each probe (< m after a breakdown).
         num_matmat: products (= data passes for a HessianOperator) the run took.
         basis: [k, m, P] float64 Lanczos vectors if requested, else None.
+        beta_last: [k] float64 norm of each probe's residual after its last step (beta_{L_j}; 0 when the
+            probe broke down or spanned its whole space, i.e. when its quadrature is exact).
     """
 
     alphas: Tensor
@@ -68,6 +70,7 @@ class LanczosResult:
     lengths: Tensor
     num_matmat: int
     basis: Optional[Tensor] = None
+    beta_last: Optional[Tensor] = None
 
     @property
     def num_probes(self) -> int:
@@ -101,7 +104,8 @@ class LanczosRun:
 
     ``apply(V [ka, P] float64, idx [ka] long) -> A V`` evaluates the operator on the active rows
     ``idx`` (row j may use its own operator, e.g. a block restriction). ``max_len`` [k] caps each
-    probe's steps (its space's dimension)."""
+    probe's steps (its space's dimension). ``extend`` raises the number of steps of a run in progress
+    (the storage grows; the next Lanczos vector is always kept), so an adaptive driver can add steps."""
 
     def __init__(self, apply: Optional[Callable[[Tensor, Tensor], Tensor]], Q0: Tensor, num_steps: int, *,
                  max_len: Optional[Tensor] = None, reorthogonalize: str = "full", breakdown_tol: float = 1e-12):
@@ -112,13 +116,13 @@ class LanczosRun:
         self.full = reorthogonalize == "full"
         self.tol = breakdown_tol
         dev = Q0.device
-        self.basis = Q0.new_zeros(k, num_steps, P)
+        self.basis = Q0.new_zeros(k, num_steps + 1, P)  # one more row: the vector after the last step
         self.basis[:, 0] = Q0
         self.alphas = torch.zeros(k, num_steps, dtype=torch.float64, device=dev)
         self.betas = torch.zeros(k, num_steps, dtype=torch.float64, device=dev)
-        self.lengths = torch.full((k,), num_steps, dtype=torch.int64)
-        self.max_len = (torch.full((k,), num_steps, dtype=torch.int64) if max_len is None
-                        else max_len.clamp(max=num_steps).to(torch.int64).cpu())
+        self.stopped = torch.full((k,), -1, dtype=torch.int64)  # steps at a breakdown / the cap, -1 if running
+        self.max_len = (torch.full((k,), P, dtype=torch.int64) if max_len is None
+                        else max_len.to(torch.int64).cpu())
         self.active = torch.ones(k, dtype=torch.bool)
         self.scale = torch.zeros(k, dtype=torch.float64, device=dev)
         self.i = 0
@@ -127,6 +131,27 @@ class LanczosRun:
     @property
     def done(self) -> bool:
         return self.i >= self.m or not bool(self.active.any())
+
+    @property
+    def lengths(self) -> Tensor:
+        """[k] steps of each probe so far (its stop for a probe that broke down or hit its cap)."""
+        return torch.where(self.stopped >= 0, self.stopped, torch.full_like(self.stopped, self.i))
+
+    def extend(self, num_steps: int) -> None:
+        """Allow ``num_steps`` steps in all (probes that broke down stay stopped)."""
+        if num_steps <= self.m:
+            return
+        k, cap, P = self.basis.shape
+        if num_steps + 1 > cap:
+            grown = self.basis.new_zeros(k, num_steps + 1, P)
+            grown[:, :cap] = self.basis
+            self.basis = grown
+            for name in ("alphas", "betas"):
+                old = getattr(self, name)
+                new = old.new_zeros(k, num_steps)
+                new[:, :old.shape[1]] = old
+                setattr(self, name, new)
+        self.m = num_steps
 
     def step(self) -> None:
         """One Lanczos step of every active probe: one ``apply`` call."""
@@ -160,22 +185,20 @@ class LanczosRun:
                 W -= torch.bmm(c, Qi)[:, 0]
         beta = W.norm(dim=1)
         self.last_beta = beta
-        self.alphas[:, i] = alpha
+        active_before = self.active.clone()
+        self.alphas[:, i] = torch.where(active_before.to(alpha.device), alpha, torch.zeros_like(alpha))
         self.scale = torch.maximum(self.scale, torch.maximum(alpha.abs(), beta))
         # one host sync per step: which probes broke down or reached their dimension
         broken = (beta <= self.tol * self.scale).cpu() | (self.max_len <= i + 1)
         newly = self.active & broken
-        self.lengths[newly] = i + 1
+        self.stopped[newly] = i + 1
         self.active &= ~broken
         keep = self.active.to(B.device)
         beta = torch.where(keep, beta, torch.zeros_like(beta))
         self.betas[:, i] = beta
-        if i + 1 < self.m:
-            B[:, i + 1] = torch.where(keep[:, None], W / torch.where(keep, beta, torch.ones_like(beta))[:, None],
-                                      torch.zeros_like(W))
+        B[:, i + 1] = torch.where(keep[:, None], W / torch.where(keep, beta, torch.ones_like(beta))[:, None],
+                                  torch.zeros_like(W))
         self.i += 1
-        if self.done:
-            self.lengths[self.active] = min(self.i, self.m)
 
     def restart(self, vec: Tensor) -> None:
         """Continue every stopped probe from ``vec`` [P] made orthogonal to its basis (beta = 0 at the
@@ -192,18 +215,22 @@ class LanczosRun:
             B[j, i] = v / nv
             self.betas[j, i - 1] = 0.0
             self.active[j] = True
-            self.lengths[j] = self.m
+            self.stopped[j] = -1
 
     def result(self, keep_basis: bool = False) -> LanczosResult:
         m = self.i
+        lengths = self.lengths.clone()
         alphas = self.alphas[:, :m].clone()
         betas = self.betas[:, :max(m - 1, 0)].clone()
+        last = torch.zeros(self.k, dtype=torch.float64)
         for j in range(self.k):  # zero what lies past each probe's length
-            n = int(self.lengths[j])
+            n = int(lengths[j])
             alphas[j, n:] = 0
             betas[j, max(n - 1, 0):] = 0
-        return LanczosResult(alphas.cpu(), betas.cpu(), self.lengths.clone(), self.num_matmat,
-                             self.basis[:, :m] if keep_basis else None)
+            if n > 0:
+                last[j] = float(self.betas[j, n - 1])
+        return LanczosResult(alphas.cpu(), betas.cpu(), lengths, self.num_matmat,
+                             self.basis[:, :m] if keep_basis else None, last)
 
 
 def progress_bar(total: int, progress: bool, desc: str):

@@ -1,0 +1,165 @@
+"""``spectral_fraction``: certified fractions of eigenvalues in given intervals, to a requested
+width, with as few operator-vector products as the bounds allow.
+
+After the outlier deflation (skipkern.hessian.deflation), probes uniform on the sphere of the
+deflated space give a probe error that is known in advance (skipkern.hessian.fractions: the
+half-width c = sqrt(log(2/delta) / (k (n + 2))) depends only on k and n), so the number of probes is
+chosen up front to spend half of ``tol`` on it. Lanczos steps are then added (x1.5 at a time) until
+every interval is narrower than ``tol`` (the quadrature part shrinks with the steps, to zero when
+they span the space); when the probe part dominates, probes are added instead. The loop stops at
+convergence or before a step would exceed ``max_matvecs``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+from skipkern.hessian.density import SpectralDensity
+from skipkern.hessian.fractions import Fraction
+from skipkern.hessian.lanczos import progress_bar
+from skipkern.hessian.slq import make_slq
+
+__all__ = ["spectral_fraction", "FractionResult"]
+
+Interval = tuple[float, float]
+
+
+@dataclass
+class FractionResult:
+    """What ``spectral_fraction`` returns.
+
+    Attributes:
+        fractions: {name: Fraction} (name "fraction" for a single interval).
+        density: the SpectralDensity of the final run (nodes, weights, tridiagonals, deflation).
+        converged: every interval is narrower than tol.
+        num_matvecs: operator-vector products used (Hessian-vector products for a HessianOperator),
+            deflation search included; num_products: operator calls (data passes).
+        num_probes, num_steps, num_deflated: the final run's sizes.
+        history: per round, {"num_matvecs", "num_probes", "num_steps", name: [lower, upper], ...}.
+    With one interval, ``value``, ``stderr``, ``lower``, ``upper`` read that interval's Fraction.
+    """
+
+    fractions: dict
+    density: SpectralDensity
+    converged: bool
+    num_matvecs: int
+    num_products: int
+    num_probes: int
+    num_steps: int
+    num_deflated: int
+    tol: float
+    history: list = field(default_factory=list)
+
+    @property
+    def fraction(self) -> Fraction:
+        if len(self.fractions) != 1:
+            raise AttributeError(f"{len(self.fractions)} intervals were asked; read .fractions[name]")
+        return next(iter(self.fractions.values()))
+
+    value = property(lambda self: self.fraction.value)
+    stderr = property(lambda self: self.fraction.stderr)
+    lower = property(lambda self: self.fraction.lower)
+    upper = property(lambda self: self.fraction.upper)
+
+    def __str__(self) -> str:
+        body = ", ".join(f"{k}: {v}" for k, v in self.fractions.items())
+        state = "converged" if self.converged else "NOT converged (budget spent)"
+        return f"{body} ({state}; {self.num_matvecs} products, tol {self.tol:g})"
+
+
+def _intervals(interval) -> dict[str, Interval]:
+    if isinstance(interval, dict):
+        items = list(interval.items())
+    elif isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+        items = [("fraction", interval)]
+    elif isinstance(interval, (list, tuple)) and interval:
+        items = [(f"[{a:g}, {b:g}]", (a, b)) for a, b in interval]
+    else:
+        raise ValueError(f"interval must be (lo, hi), a list of them or {{name: (lo, hi)}}, got {interval!r}")
+    out = {}
+    for name, iv in items:
+        try:
+            a, b = float(iv[0]), float(iv[1])
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f"interval {name!r} must be a pair (lo, hi), got {iv!r}") from None
+        if math.isnan(a) or math.isnan(b) or a > b:
+            raise ValueError(f"interval {name!r} must have lo <= hi, got ({a}, {b})")
+        out[str(name)] = (a, b)
+    return out
+
+
+def probes_for(tol: float, n: int, P: int, confidence: float, share: float = 0.5) -> int:
+    """Sphere probes that keep the probe part of the width at ``share`` * tol: 2 c n / P <= share tol."""
+    c = share * tol * P / (2.0 * n)
+    return max(1, math.ceil(math.log(2.0 / (1.0 - confidence)) / (c * c * (n + 2))))
+
+
+def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 20000, deflate: Union[str, int] = "auto",
+                      seed: Optional[int] = None, confidence: float = 0.95, num_steps: int = 20,
+                      max_probes: int = 256, progress: bool = True) -> FractionResult:
+    """Certified fractions of eigenvalues of a symmetric operator in closed intervals, adaptively.
+
+    Args:
+        op: a symmetric operator (HessianOperator, DenseOperator, tensor, numpy array, scipy
+            LinearOperator, any object with shape and matmat).
+        interval: (lo, hi) (+-inf allowed), a list of them, or {name: (lo, hi)}; e.g.
+            {"degenerate": (-eps, eps), "negative": (-inf, -eps)}.
+        tol: stop when every certified interval [lower, upper] is narrower than this.
+        max_matvecs: budget of operator-vector products (Hessian-vector products), deflation included.
+        deflate: "auto" (default), a count, or 0 (skipkern.hessian.deflation).
+        seed: seed of the probes and of the deflation search.
+        confidence: level of the certified intervals.
+        num_steps: Lanczos steps of the first round.
+        max_probes: most probes.
+        progress: tqdm bar (only on a terminal).
+
+    Returns:
+        FractionResult (``.fractions``, ``.converged``, ``.num_matvecs``; ``.value``/``.lower``/``.upper``
+        for a single interval).
+    """
+    ivs = _intervals(interval)
+    if not (isinstance(tol, (int, float)) and 0 < tol <= 1):
+        raise ValueError(f"tol must be a width in (0, 1], got {tol!r}")
+    if not (isinstance(max_matvecs, int) and max_matvecs >= 1):
+        raise ValueError(f"max_matvecs must be a positive int, got {max_matvecs!r}")
+    slq = make_slq(op, deflate, "sphere", seed, "full", progress)
+    P, n = slq.P, slq.n
+    k = min(max_probes, probes_for(tol, n, P, confidence))
+    m = max(2, min(num_steps, n))
+    if slq.num_matvecs + k * m > max_matvecs:  # the budget is small: fewer probes first
+        k = max(1, min(k, (max_matvecs - slq.num_matvecs) // m))
+    history: list = []
+    with progress_bar(max_matvecs, progress, "spectral fraction") as bar:
+        slq.add_probes(k)
+        slq.extend(m)
+        while True:
+            dens = slq.density()
+            fr = {name: dens.fraction_in(a, b, confidence=confidence) for name, (a, b) in ivs.items()}
+            history.append({"num_matvecs": slq.num_matvecs, "num_probes": slq.num_probes, "num_steps": slq.m,
+                            **{name: [f.lower, f.upper] for name, f in fr.items()}})
+            bar.n = min(slq.num_matvecs, max_matvecs)
+            bar.refresh()
+            worst = max(fr.values(), key=lambda f: f.width)
+            if worst.width <= tol:
+                converged = True
+                break
+            left = max_matvecs - slq.num_matvecs
+            exact = slq.m >= n
+            if not exact and (worst.quadrature_width >= worst.probe_width or slq.num_probes >= max_probes):
+                new_m = min(n, max(slq.m + 10, int(slq.m * 1.5)))
+                if slq.num_probes * (new_m - slq.m) > left:
+                    new_m = slq.m + left // slq.num_probes
+                if new_m <= slq.m:
+                    converged = False
+                    break
+                slq.extend(new_m)
+            else:
+                add = min(max_probes - slq.num_probes, slq.num_probes, left // max(slq.m, 1))
+                if add < 1:
+                    converged = False
+                    break
+                slq.add_probes(add)
+    d = slq.deflation
+    return FractionResult(fr, dens, converged, slq.num_matvecs, slq.num_products, slq.num_probes, slq.m,
+                          0 if d is None else d.count, float(tol), history)
