@@ -28,9 +28,9 @@ PRODUCTS = ("ieee", "tf32", "bf16")
 @triton.jit
 def _dot(a, b, acc, PRODUCTS: tl.constexpr):
     if PRODUCTS == "bf16":
-        acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc, out_dtype=tl.float32)
     else:
-        acc = tl.dot(a, b, acc, input_precision=PRODUCTS)
+        acc = tl.dot(a, b, acc, input_precision=PRODUCTS, out_dtype=acc.dtype)  # Triton 3.6 infers fp32
     return acc
 
 

@@ -107,11 +107,13 @@ def _skip_linear_fwd_kernel(
         # W^T tile [BK, BN] read straight from W [N, K] through its strides
         wt = tl.load(w_ptr + kk[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                      mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc_dtype)
         if SKIP == _SKIP_DENSE:
             qt = tl.load(q_ptr + kk[:, None] * stride_qk + offs_n[None, :] * stride_qn,
                          mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION)
+            acc_skip = tl.dot(x, qt, acc_skip, input_precision=DOT_PRECISION,
+                              out_dtype=acc_dtype)
     if SPLIT_K:  # partial sums of this K range; _skip_linear_fwd_reduce_kernel finishes
         ws_offs = pid_s * stride_ws + offs_m[:, None] * N + offs_n[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
@@ -200,11 +202,13 @@ def _skip_linear_bwd_dx_kernel(
         else:
             z = tl.load(z_ptr + offs_m[:, None] * stride_zm + nn[None, :] * stride_zn, mask=mask_mn, other=0.0)
             gz = (g.to(acc_dtype) * _activation_grad(z.to(acc_dtype), ACTIVATION)).to(w.dtype)
-        acc = tl.dot(gz, w, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(gz, w, acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc_dtype)
         if SKIP == _SKIP_DENSE:
             qv = tl.load(q_ptr + nn[:, None] * stride_qn + offs_k[None, :] * stride_qk,
                          mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            acc = tl.dot(g, qv, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(g, qv, acc, input_precision=DOT_PRECISION,
+                         out_dtype=acc_dtype)
     mask_mk = mask_m[:, None] & mask_k[None, :]
     if SKIP == _SKIP_IDENTITY:  # N == K: S^T(g) is the [BM, BK] tile of g
         gs = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_k[None, :] * stride_gn, mask=mask_mk, other=0.0)
@@ -251,7 +255,8 @@ def _skip_linear_bwd_dw_kernel(
             gz = g.to(acc_dtype) * _activation_grad(z.to(acc_dtype), ACTIVATION)
         x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc = tl.dot(gz.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(gz.to(x.dtype), x, acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc_dtype)
         if HAS_BIAS:
             db += tl.sum(gz, axis=1)
     tl.store(dw_ptr + pid_s * stride_dws + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,

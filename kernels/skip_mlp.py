@@ -77,7 +77,8 @@ def _skip_mlp_fwd_kernel(
             xt = tl.load(x_ptr + offs_m[:, None] * K0 + kk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             wt = tl.load(w_in_ptr + offs_n[None, :] * K0 + kk[:, None], mask=mask_k[:, None] & mask_n[None, :],
                          other=0.0)
-            acc = tl.dot(xt, wt, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(xt, wt, acc, input_precision=DOT_PRECISION,
+                         out_dtype=acc_dt)
         if HAS_BIAS:
             acc += tl.load(b_in_ptr + offs_n, mask=mask_n, other=0.0).to(acc_dt)[None, :]
         hn = _activation(acc, ACTIVATION)
@@ -103,7 +104,8 @@ def _skip_mlp_fwd_kernel(
             mask_wn = mask_w[:, None] & mask_n[None, :]
             mask_mn = mask_m[:, None] & mask_n[None, :]
             wt = tl.load(wl + offs_n[None, :] * WIDTH + offs_w[:, None], mask=mask_wn, other=0.0)
-            acc = tl.dot(h, wt, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION)
+            acc = tl.dot(h, wt, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION,
+                         out_dtype=acc_dt)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + (j - 1) * WIDTH + offs_n, mask=mask_n, other=0.0).to(acc_dt)[None, :]
             hn = _activation(acc, ACTIVATION)
@@ -115,7 +117,8 @@ def _skip_mlp_fwd_kernel(
             elif SKIP == _SKIP_DENSE:
                 qt = tl.load(q_ptr + (j - 1) * ww + offs_n[None, :] * WIDTH + offs_w[:, None], mask=mask_wn,
                              other=0.0)
-                hn = tl.dot(h, qt, hn, input_precision=DOT_PRECISION)
+                hn = tl.dot(h, qt, hn, input_precision=DOT_PRECISION,
+                            out_dtype=acc_dt)
             if HYPER:
                 if SINGLE:
                     hs = hsum
@@ -125,7 +128,8 @@ def _skip_mlp_fwd_kernel(
                 if j <= L - 2:  # h_j feeds the hyper terms of the layers above through P_j
                     pt = tl.load(p_ptr + (j - 1) * ww + offs_n[None, :] * WIDTH + offs_w[:, None], mask=mask_wn,
                                  other=0.0)
-                    hs = tl.dot(h, pt, hs, input_precision=DOT_PRECISION)
+                    hs = tl.dot(h, pt, hs, input_precision=DOT_PRECISION,
+                                out_dtype=acc_dt)
                     if SINGLE:
                         hsum = hs
                     else:
@@ -144,7 +148,8 @@ def _skip_mlp_fwd_kernel(
         mask_c = offs_c < C
         wt = tl.load(w_out_ptr + offs_c[None, :] * WIDTH + offs_w[:, None], mask=mask_w[:, None] & mask_c[None, :],
                      other=0.0)
-        acc = tl.dot(h, wt, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION)
+        acc = tl.dot(h, wt, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION,
+                     out_dtype=acc_dt)
         if HAS_BIAS:
             acc += tl.load(b_out_ptr + offs_c, mask=mask_c, other=0.0).to(acc_dt)[None, :]
         tl.store(out_ptr + offs_m[:, None] * C + offs_c[None, :], acc.to(dt), mask=mask_m[:, None] & mask_c[None, :])
@@ -177,7 +182,8 @@ def _skip_mlp_bwd_kernel(
         gc = tl.load(g_ptr + offs_m[:, None] * C + offs_c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
         wo = tl.load(w_out_ptr + offs_c[:, None] * WIDTH + offs_w[None, :], mask=mask_c[:, None] & mask_w[None, :],
                      other=0.0)
-        acc = tl.dot(gc, wo, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(gc, wo, acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc_dt)
     g = acc.to(dt)
     if not SINGLE:  # chunks of g are read back for the identity skip
         tl.store(gs_ptr + rows + offs_w[None, :], g, mask=mask_full)
@@ -198,7 +204,8 @@ def _skip_mlp_bwd_kernel(
             mask_wn = mask_w[:, None] & mask_n[None, :]
             mask_mn = mask_m[:, None] & mask_n[None, :]
             wk = tl.load(w_ptr + (j - 1) * ww + offs_w[:, None] * WIDTH + offs_n[None, :], mask=mask_wn, other=0.0)
-            dh = tl.dot(gz, wk, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION)
+            dh = tl.dot(gz, wk, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt), input_precision=DOT_PRECISION,
+                        out_dtype=acc_dt)
             if SKIP == _SKIP_IDENTITY:
                 if SINGLE:
                     dh += g.to(acc_dt)
@@ -206,12 +213,14 @@ def _skip_mlp_bwd_kernel(
                     dh += tl.load(src + offs_n[None, :], mask=mask_mn, other=0.0).to(acc_dt)
             elif SKIP == _SKIP_DENSE:
                 qk = tl.load(q_ptr + (j - 1) * ww + offs_w[:, None] * WIDTH + offs_n[None, :], mask=mask_wn, other=0.0)
-                dh = tl.dot(g, qk, dh, input_precision=DOT_PRECISION)
+                dh = tl.dot(g, qk, dh, input_precision=DOT_PRECISION,
+                            out_dtype=acc_dt)
             if HYPER:
                 if j <= L - 2:
                     pk = tl.load(p_ptr + (j - 1) * ww + offs_w[:, None] * WIDTH + offs_n[None, :], mask=mask_wn,
                                  other=0.0)
-                    dh = tl.dot(r.to(dt), pk, dh, input_precision=DOT_PRECISION)
+                    dh = tl.dot(r.to(dt), pk, dh, input_precision=DOT_PRECISION,
+                                out_dtype=acc_dt)
             if not SINGLE:
                 tl.store(dst + offs_n[None, :], dh.to(dt), mask=mask_mn)
             keep = dh.to(dt)
@@ -233,7 +242,8 @@ def _skip_mlp_bwd_kernel(
             mask_k = kk < K0
             wk = tl.load(w_in_ptr + offs_w[:, None] * K0 + kk[None, :], mask=mask_w[:, None] & mask_k[None, :],
                          other=0.0)
-            dx = tl.dot(gz, wk, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_K), dtype=acc_dt), input_precision=DOT_PRECISION)
+            dx = tl.dot(gz, wk, tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_K), dtype=acc_dt), input_precision=DOT_PRECISION,
+                        out_dtype=acc_dt)
             tl.store(dx_ptr + offs_m[:, None] * K0 + kk[None, :], dx.to(dt), mask=mask_m[:, None] & mask_k[None, :])
 
 
@@ -265,7 +275,8 @@ def _skip_mlp_dw_kernel(
         mask_mm = mm < M
         gzt = tl.load(gz_ptr + mm[None, :] * N + offs_n[:, None], mask=mask_n[:, None] & mask_mm[None, :], other=0.0)
         a = tl.load(a_ptr + mm[:, None] * K + offs_k[None, :], mask=mask_mm[:, None] & mask_k[None, :], other=0.0)
-        acc = tl.dot(gzt, a, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(gzt, a, acc, input_precision=DOT_PRECISION,
+                     out_dtype=acc_dt)
         if HAS_BIAS:
             db += tl.sum(gzt.to(acc_dt), axis=1)
     tl.store(dw_ptr + layer * stride_dwl + offs_n[:, None] * K + offs_k[None, :], acc.to(dt),

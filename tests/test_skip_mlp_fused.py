@@ -255,7 +255,8 @@ assert not km.INTERPRET
 
 
 def comp(kern, c, dt):
-    sig = {a: "constexpr" if a in c else ("*" + ("fp32" if a == "c_ptr" else dt) if a.endswith("_ptr") else "i32")
+    cdt = "fp64" if dt == "fp64" else "fp32"  # c: the accumulation dtype
+    sig = {a: "constexpr" if a in c else ("*" + (cdt if a == "c_ptr" else dt) if a.endswith("_ptr") else "i32")
            for a in kern.arg_names}
     out = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=4, num_stages=2))
@@ -264,7 +265,7 @@ def comp(kern, c, dt):
 
 
 for dt, prec, wp, bn, skip, hyper in [("fp32", "tf32", 128, 128, "identity", False),
-                                      ("bf16", "ieee", 256, 64, "dense", True)]:
+                                      ("bf16", "ieee", 256, 64, "dense", True), ("fp64", "ieee", 32, 16, "dense", True)]:
     c = dict(ACTIVATION=AC["relu"], SKIP=SK[skip], HYPER=hyper, DOT_PRECISION=prec, WIDTH_P=wp, SINGLE=bn >= wp,
              BLOCK_SIZE_M=16, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=32)
     comp(km._skip_mlp_fwd_kernel, dict(c, HAS_BIAS=True), dt)
@@ -276,6 +277,8 @@ comp(rl._rop_layer_fwd_kernel, dict(HAS_DIR=True, HAS_RH=True, EPILOGUE=True, SK
                                     **blocks), "fp32")
 comp(rl._rop_layer_bwd_kernel, dict(HAS_RGZ=True, HAS_DIR=True, SKIP_IDENTITY=True, STORE_RGH=True, PRODUCTS="bf16",
                                     **blocks), "fp32")
+comp(rl._rop_layer_bwd_kernel, dict(HAS_RGZ=True, HAS_DIR=True, SKIP_IDENTITY=True, STORE_RGH=True, PRODUCTS="ieee",
+                                    BLOCK_SIZE_M=32, BLOCK_SIZE_N=32, BLOCK_SIZE_K=32), "fp64")
 print("compiled")
 """
 
