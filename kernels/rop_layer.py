@@ -4,7 +4,8 @@
 # when the layer has a bias, K1 = K or K + 1); Dir [k, N, K1] (the directions [dW | db]); W [N, K];
 # R-tensors [n, k, width]; D1 [n, width] (act'(z), broadcast over k).
 #   forward  _rop_layer_fwd_kernel  grid (n/BM, k, N/BN):
-#            out[i, d] = A[i] Dir[d]^T + Rh[i, d] W^T, then (EPILOGUE) out = out * D1[i] (+ Rh[i, d], identity skip)
+#            out[i, d] = A[i] Dir[d]^T + Rh[i, d] W^T, then (EPILOGUE) out = out * D1[i] (+ Rh[i, d], identity skip);
+#            HAS_INIT adds what out holds (a wide input layer's A Dir^T, one cuBLAS GEMM that reads A once)
 #            i.e. R h_{l+1} = act'(z_l) R z_l + R h_l in one pass (the unfused path: two GEMMs and an epilogue pass)
 #   backward _rop_layer_bwd_kernel  grid (n/BM, k, K/BK):
 #            rgh[i, d] = Rgz[i, d] W + gz[i] Dir[d][:, :K] (+ Rgh_next[i, d], identity skip), written when asked
@@ -37,7 +38,7 @@ def _dot(a, b, acc, PRODUCTS: tl.constexpr):
 @triton.jit
 def _rop_layer_fwd_kernel(a_ptr, dir_ptr, rh_ptr, w_ptr, d1_ptr, out_ptr, n, k, N, K, K1,
                           HAS_DIR: tl.constexpr, HAS_RH: tl.constexpr, EPILOGUE: tl.constexpr,
-                          SKIP_IDENTITY: tl.constexpr, PRODUCTS: tl.constexpr,
+                          SKIP_IDENTITY: tl.constexpr, HAS_INIT: tl.constexpr, PRODUCTS: tl.constexpr,
                           BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr):
     d = tl.program_id(1)
     offs_m = tl.program_id(0) * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
@@ -46,7 +47,12 @@ def _rop_layer_fwd_kernel(a_ptr, dir_ptr, rh_ptr, w_ptr, d1_ptr, out_ptr, n, k, 
     mask_m = offs_m < n
     mask_n = offs_n < N
     acc_dt = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt)
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    out_offs = offs_m[:, None] * (k * N) + d * N + offs_n[None, :]
+    if HAS_INIT:  # out already holds a term (A Dir^T of a wide input layer, one cuBLAS GEMM)
+        acc = tl.load(out_ptr + out_offs, mask=mask_mn, other=0.0).to(acc_dt)
+    else:
+        acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=acc_dt)
     if HAS_DIR:  # A[i] Dir[d]^T: the direction's [dW | db] against the layer input [h, 1]
         for k0 in range(0, K1, BLOCK_SIZE_K):
             kk = k0 + offs_k
@@ -63,14 +69,12 @@ def _rop_layer_fwd_kernel(a_ptr, dir_ptr, rh_ptr, w_ptr, d1_ptr, out_ptr, n, k, 
                         other=0.0)
             wt = tl.load(w_ptr + offs_n[None, :] * K + kk[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             acc = _dot(r, wt, acc, PRODUCTS)
-    mask_mn = mask_m[:, None] & mask_n[None, :]
     if EPILOGUE:
         acc = acc * tl.load(d1_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mask_mn, other=0.0).to(acc_dt)
         if SKIP_IDENTITY:  # N == K
             acc += tl.load(rh_ptr + offs_m[:, None] * (k * K) + d * K + offs_n[None, :], mask=mask_mn,
                            other=0.0).to(acc_dt)
-    tl.store(out_ptr + offs_m[:, None] * (k * N) + d * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=mask_mn)
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit
@@ -141,13 +145,15 @@ def _check(named: dict, products: str) -> torch.dtype:
 
 
 def rop_layer_fwd(a: torch.Tensor, dirs: Optional[torch.Tensor], rh: Optional[torch.Tensor], w: torch.Tensor,
-                  d1: Optional[torch.Tensor], identity: bool, out: torch.Tensor, products: str = "ieee") -> torch.Tensor:
-    """out [n, k, N] = A Dir^T + Rh W^T, then * D1 (+ Rh when identity) if d1 is given.
+                  d1: Optional[torch.Tensor], identity: bool, out: torch.Tensor, products: str = "ieee",
+                  init: bool = False) -> torch.Tensor:
+    """out [n, k, N] = [out +] A Dir^T + Rh W^T, then * D1 (+ Rh when identity) if d1 is given.
 
     Args:
         a [n, K1]; dirs [k, N, K1] or None; rh [n, k, K] or None; w [N, K]; d1 [n, N] or None (no epilogue:
             the output layer); identity: add Rh (needs N == K and rh); out [n, k, N] (written);
-        products: "ieee", "tf32" or "bf16".
+        products: "ieee", "tf32" or "bf16". init: add to what ``out`` holds (a wide layer's A Dir^T from cuBLAS:
+            this kernel re-reads A once per direction, which only pays while A stays in L2).
     """
     _check(dict(a=a, dirs=dirs, rh=rh, w=w, d1=d1, out=out), products)
     n, k, N = out.shape
@@ -158,7 +164,7 @@ def rop_layer_fwd(a: torch.Tensor, dirs: Optional[torch.Tensor], rh: Optional[to
     grid = (triton.cdiv(n, bm), k, triton.cdiv(N, bn))
     _rop_layer_fwd_kernel[grid](a, w if dirs is None else dirs, w if rh is None else rh, w, w if d1 is None else d1, out,
                                 n, k, N, K, K1, HAS_DIR=dirs is not None, HAS_RH=rh is not None,
-                                EPILOGUE=d1 is not None, SKIP_IDENTITY=identity, PRODUCTS=products,
+                                EPILOGUE=d1 is not None, SKIP_IDENTITY=identity, HAS_INIT=init, PRODUCTS=products,
                                 BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk)
     return out
 

@@ -43,6 +43,8 @@ def test_rop_layer_kernels(rk, device, dtype):
     assert_close(out.cpu(), ref, dtype, "R h")
     rk.rop_layer_fwd(dev(a), dev(dirs), None, dev(w), None, False, out)  # output layer of the input: no epilogue
     assert_close(out.cpu(), torch.einsum("ij,dnj->idn", a, dirs), dtype, "R z")
+    rk.rop_layer_fwd(dev(a), None, dev(rh), dev(w), dev(d1), True, out, init=True)  # wide layers: out holds A Dir^T
+    assert_close(out.cpu(), ref, dtype, "R h (init)")
     rgz, gz, rghn, d1k = r(n, k, N), r(n, N), r(n, k, K), (r(n, K) > 0).double()
     new, rgh = torch.empty(n, k, K, dtype=dtype, device=device), torch.empty(n, k, K, dtype=dtype, device=device)
     rk.rop_layer_bwd(dev(rgz), dev(w), dev(gz), dev(dirs), dev(rghn), dev(d1k), new, rgh)
@@ -59,6 +61,8 @@ def _ops(model, data, **kw):
 @pytest.mark.parametrize("arch,act", [("residual", "relu"), ("plain", "identity"), ("hyper_residual", "relu"),
                                       ("residual", "tanh")])
 def test_matches_fused_hvp(rk, device, arch, act, monkeypatch):
+    from skipkern.hessian import hvp_gpu
+    monkeypatch.setattr(hvp_gpu, "WIDE", 5)  # the 5-wide input layer takes the cuBLAS + init path
     model = SkipMLP(5, 12, 4, 3, arch=arch, activation=act, seed=0, dtype=F64).to(device)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(23, 5, generator=g, dtype=F64), torch.randint(0, 3, (23,), generator=g)
@@ -66,7 +70,7 @@ def test_matches_fused_hvp(rk, device, arch, act, monkeypatch):
     V = torch.randn(base.shape[0], 4, dtype=F64, device=device)
     calls = []
     real = rk.rop_layer_fwd
-    monkeypatch.setattr(rk, "rop_layer_fwd", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(rk, "rop_layer_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     got = op @ V
     assert_close(got.cpu(), (base @ V).cpu(), F64, f"HV {arch}/{act}")
     fused = arch in ("residual", "plain") and act in ("relu", "identity")

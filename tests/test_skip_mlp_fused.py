@@ -273,7 +273,8 @@ for dt, prec, wp, bn, skip, hyper in [("fp32", "tf32", 128, 128, "identity", Fal
 comp(km._skip_mlp_dw_kernel, dict(HAS_BIAS=True, DOT_PRECISION="tf32", BLOCK_SIZE_M=32, BLOCK_SIZE_N=64,
                                   BLOCK_SIZE_K=64), "fp32")
 blocks = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=32)
-comp(rl._rop_layer_fwd_kernel, dict(HAS_DIR=True, HAS_RH=True, EPILOGUE=True, SKIP_IDENTITY=True, PRODUCTS="tf32",
+comp(rl._rop_layer_fwd_kernel, dict(HAS_DIR=True, HAS_RH=True, EPILOGUE=True, SKIP_IDENTITY=True, HAS_INIT=True,
+                                    PRODUCTS="tf32",
                                     **blocks), "fp32")
 comp(rl._rop_layer_bwd_kernel, dict(HAS_RGZ=True, HAS_DIR=True, SKIP_IDENTITY=True, STORE_RGH=True, PRODUCTS="bf16",
                                     **blocks), "fp32")

@@ -31,6 +31,7 @@ log = logging.getLogger("skipkern")
 __all__ = ["GPUFusedHVP", "gpu_operator", "PRODUCTS"]
 
 PRODUCTS = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}  # -> kernels/rop_layer.py PRODUCTS
+WIDE = 512  # layer inputs wider than this take A Dir^T through cuBLAS (the fused kernel re-reads A per direction)
 _logged: set = set()
 
 
@@ -125,8 +126,11 @@ class GPUFusedHVP(FusedHVP):
             N = L["w"].shape[0]
             RA.append(Rh)
             out = self._buf("rlog" if l == Lout else f"ra{l + 1}", (n, k, N), x)
-            rop_layer_fwd(A[l], dirs[l], Rh, L["w"], None if l == Lout else D1[l],
-                          L["kind"] == "identity" and Rh is not None, out, prod)
+            wide = A[l].shape[1] > WIDE  # A Dir^T as one cuBLAS GEMM (reads A once), the rest fused
+            if wide:
+                torch.mm(A[l], dirs[l].view(k * N, -1).T, out=out.view(n, k * N))
+            rop_layer_fwd(A[l], None if wide else dirs[l], Rh, L["w"], None if l == Lout else D1[l],
+                          L["kind"] == "identity" and Rh is not None, out, prod, init=wide)
             Rh = out
         Rgz, Rgh_next = pr["hop"](Rh), None
         for l in range(Lout, -1, -1):  # R-backward
