@@ -17,7 +17,8 @@ The parts run in the order the targets need them, so the budget cuts the least i
 Without CUDA (or with --dry-run) the build is skipped, the tests part runs a CPU smoke subset, the benchmarks
 run as --smoke on the CPU (the Triton interpreter for the fused kernels), and the JSON says so. Writes bench/results/gpu_check-<device>-<date>.json (and, when $OUT is set, a
 copy plus the full logs under $OUT), prints the results table with the targets last. Exit status 1 when a
-part failed or timed out.
+part failed or timed out. Without .git (a copied tree) the commit comes from SKIPKERN_GIT_COMMIT, and
+``source_sha256`` (python3 bench/gpu_check.py --source-hash, on any checkout) ties the result to the code.
 """
 from __future__ import annotations
 
@@ -190,9 +191,26 @@ def run_check(args) -> dict:
             rec["log_tail"] = _tail(log)
         print(f"[gpu_check] {name}: {status} in {secs:.1f} s", flush=True)
     logs = "\n".join(f"===== {p.name}\n{_tail(p, 10**7)}" for p in sorted(work.glob("*.log")))
+    info = env_info()
+    if not info.get("git_commit"):  # a copy of the tree without .git (the device machine): the caller names it
+        info["git_commit"] = os.environ.get("SKIPKERN_GIT_COMMIT", "")
+        info["git_dirty"] = "unknown (no .git)"
+    info["source_sha256"] = source_hash()
     return {"name": "gpu_check", "mode": mode, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - start, 1), "env": env_info(), "parts": parts, "rows": rows,
+            "seconds": round(time.perf_counter() - start, 1), "env": info, "parts": parts, "rows": rows,
             "targets": targets(rows), "_logs": logs}
+
+
+def source_hash() -> str:
+    """sha256 over the sources that ran (kernels, skipkern, csrc, bench, tests: path and bytes, sorted), so that
+    a result from a copy of the tree without .git can still be matched to a commit (same hash, same code)."""
+    import hashlib
+    h = hashlib.sha256()
+    for folder in ("kernels", "skipkern", "csrc", "bench", "tests"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".cpp", ".cu", ".cuh", ".h", ".sh") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 _WORK: list = []
@@ -310,7 +328,11 @@ def main(argv=None) -> int:
                     "kernels/tuning.py)")
     ap.add_argument("--inject-failure", default="", help="parts replaced by a failing command (tests of this script)")
     ap.add_argument("--inject-timeout", default="", help="parts replaced by a command that times out")
+    ap.add_argument("--source-hash", action="store_true", help="print the sources' sha256 and exit")
     args = ap.parse_args(argv)
+    if args.source_hash:
+        print(source_hash())
+        return 0
     args.inject_failure = set(filter(None, args.inject_failure.split(",")))
     args.inject_timeout = set(filter(None, args.inject_timeout.split(",")))
     result = run_check(args)
