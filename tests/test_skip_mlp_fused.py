@@ -302,3 +302,18 @@ def test_kernels_compile_for_sm90(km):
     res = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
+
+
+def test_torch_func_transform_takes_the_per_layer_path(km, device):
+    """Custom ops have no functorch rules: under torch.func the module runs its per-layer composite."""
+    fused, ref = _pair("residual", device, F64, depth=3, width=16)
+    x = torch.randn(4, 6, dtype=F64)
+    params = {k: v.detach() for k, v in fused.named_parameters()}
+
+    def loss(p):
+        return torch.func.functional_call(fused, p, (x.to(device),)).square().sum()
+    g = torch.func.grad(loss)(params)
+    assert fused.fused_path.startswith("layer (torch.func")
+    ref(x).square().sum().backward()
+    for name, pr in ref.named_parameters():
+        assert_close(g[name].cpu(), pr.grad, F64, name)
