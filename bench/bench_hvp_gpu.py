@@ -30,7 +30,7 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_skip_mlp import RowSink  # noqa: E402
-from bench.common import format_table, summarize, write_results  # noqa: E402
+from bench.common import add_result_args, format_table, summarize, write_results  # noqa: E402
 from skipkern.hessian import HessianOperator, spectral_density  # noqa: E402
 from skipkern.hessian.hvp_gpu import gpu_operator  # noqa: E402
 from skipkern.nn import SkipMLP  # noqa: E402
@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--part", choices=("time", "precision", "all"), default="all")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (checks the script; CPU works)")
     ap.add_argument("--json", default=None, help="write rows here (default: bench/results/)")
+    add_result_args(ap)
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = RowSink(args.json)
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
             ("fraction_negative", "frac neg", ".4f"), ("status", "status", "s")]
     print(format_table([dict(r, status=str(r.get("status", ""))[:70]) for r in rows], cols))
     if not args.json:
-        print("wrote", write_results("hvp_gpu", list(rows), {"smoke": args.smoke}))
+        print("wrote", write_results("hvp_gpu", list(rows), {"smoke": args.smoke}, allow_dirty=args.allow_dirty))
     return 0
 
 

@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU smoke runs: the fused kernel through the interpreter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import env_info, format_table, measure, summarize, write_results  # noqa: E402
+from bench.common import add_result_args, env_info, format_table, measure, summarize, write_results  # noqa: E402
 from skipkern.capture import TrainStep  # noqa: E402
 from skipkern.nn import SkipMLP  # noqa: E402
 from skipkern.ops import skip_linear  # noqa: E402
@@ -220,6 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (checks the script; CPU works)")
     ap.add_argument("--budget", type=float, default=0.3, help="seconds of timing per provider")
     ap.add_argument("--json", default=None, help="write rows here (default: bench/results/)")
+    add_result_args(ap)
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True  # the torch baselines get TF32 GEMMs like the Triton default
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
             ("median_ms", "median ms", ".4f"), ("rel_err_loss", "rel err", ".1e"), ("status", "status", "s")]
     print(format_table([dict(r, status=str(r.get("status", ""))[:70]) for r in rows], cols))
     if not args.json:
-        print("wrote", write_results("skip_mlp", list(rows), {"smoke": args.smoke}))
+        print("wrote", write_results("skip_mlp", list(rows), {"smoke": args.smoke}, allow_dirty=args.allow_dirty))
     return 0
 
 

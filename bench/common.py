@@ -1,14 +1,20 @@
 """Shared helpers of the benchmarks: machine/version metadata, timing, and JSON results.
 
-    from bench.common import env_info, measure, write_results
+    from bench.common import add_result_args, env_info, measure, write_results
     stats = measure(fn, device="cpu")                  # {"median_ms", "min_ms", "iqr_ms", "repeats"}
-    path = write_results("skip_layers", rows, extra)   # bench/results/skip_layers-<device>-<date>.json
+    add_result_args(parser)                            # --allow-dirty
+    path = write_results("skip_layers", rows, extra, allow_dirty=args.allow_dirty)
+                                                       # bench/results/skip_layers-<device>-<date>.json
 
 Every results file holds {"name", "env": env_info(), "extra": ..., "rows": [...]}, so figures can always
-be traced to a machine, versions, a commit and a date.
+be traced to a machine, versions, a commit and a date. A commit names the code only when the tree is
+clean: write_results refuses a tree with uncommitted changes to tracked files unless the script was given
+--allow-dirty, and then records ``"git_dirty": true`` and ``"allow_dirty": true``. The per-op benchmarks
+(bench/bench_<op>.py) run under pytest-benchmark, which records its own commit_info (dirty flag included).
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -25,7 +31,8 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["env_info", "device_slug", "measure", "summarize", "write_results", "format_table", "RESULTS_DIR"]
+__all__ = ["env_info", "device_slug", "measure", "summarize", "check_tree", "write_results", "add_result_args",
+           "peak_memory", "run_benchmark", "format_table", "RESULTS_DIR"]
 
 
 def _cpu_model() -> str:
@@ -134,14 +141,105 @@ def summarize(times_ms: list) -> dict:
             "repeats": len(times_ms)}
 
 
-def write_results(name: str, rows: list, extra: Optional[dict] = None) -> Path:
-    """Writes bench/results/<name>-<device>-<YYYY-MM-DD>.json and returns its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def add_result_args(parser: argparse.ArgumentParser) -> None:
+    """Adds --allow-dirty (pass its value to write_results)."""
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="write results although tracked files have uncommitted changes (recorded in the JSON)")
+
+
+def check_tree(name: str, allow_dirty: bool = False) -> None:
+    """Raises RuntimeError when tracked files have uncommitted changes, unless ``allow_dirty``. Scripts call
+    it before measuring too, so that a long run is not refused at its end."""
+    changed = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    if changed and not allow_dirty:
+        raise RuntimeError(f"refusing to write {name} results: the git tree has uncommitted changes "
+                           f"({', '.join(c.split(maxsplit=1)[-1] for c in changed[:5])}{', ...' if len(changed) > 5 else ''}), so "
+                           f"commit {_git('rev-parse', '--short', 'HEAD')} is not the code that ran; commit "
+                           f"first, or pass --allow-dirty (recorded as allow_dirty: true)")
+
+
+def write_results(name: str, rows: list, extra: Optional[dict] = None, allow_dirty: bool = False) -> Path:
+    """Writes bench/results/<name>-<device>-<YYYY-MM-DD>.json and returns its path.
+
+    Raises RuntimeError, before writing anything, when tracked files have uncommitted changes (the commit
+    recorded would not be the code that ran) unless ``allow_dirty``; that choice is recorded in the JSON.
+    """
+    check_tree(name, allow_dirty)
     env = env_info()
+    env["allow_dirty"] = bool(allow_dirty)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}-{env['device']}-{_dt.date.today().isoformat()}.json"
     payload = {"name": name, "env": env, "extra": extra or {}, "rows": rows}
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
+
+
+def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> Optional[int]:
+    """Peak tensor memory (bytes) one call of ``fn`` allocates on top of what is allocated before it.
+
+    CUDA: torch.cuda.max_memory_allocated over the call (every tensor and workspace of the caching
+    allocator). CPU: the allocation and free events of torch's CPU allocator, recorded by the profiler
+    (profile_memory=True) and summed in time order. Memory outside torch's allocators (the cpp kernels'
+    grow-only scratch, reused across calls) is not counted.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def run_benchmark(benchmark, op: str, provider: str, mode: str, setup: Optional[Callable], call: Callable,
+                  device: str, dtype: torch.dtype, **shape) -> None:
+    """One pytest-benchmark measurement of a per-op benchmark (bench/bench_<op>.py).
+
+    Three untimed warm-up calls (compilation, autotuning, first-touch pages), the peak memory of one call,
+    the group "<op> <mode> <shape>" (providers of a group side by side) and extra_info (provider, mode,
+    shape, device, dtype, threads, load average, peak_memory_bytes); then the timed rounds: benchmark(call),
+    or, when ``setup`` is given (untimed before every call, returning call's (args, kwargs)), pedantic rounds
+    of one call each, about a second of them. CUDA work is synchronised inside the timed call.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def once() -> float:
+        args, kwargs = setup() if setup else ((), {})
+        sync()
+        t0 = time.perf_counter()
+        call(*args, **kwargs)
+        sync()
+        return time.perf_counter() - t0
+
+    t = min(once() for _ in range(3))
+    args, kwargs = setup() if setup else ((), {})
+    mem = peak_memory(lambda: call(*args, **kwargs), device)
+    benchmark.group = f"{op} {mode} " + " ".join(f"{k}={v}" for k, v in shape.items())
+    benchmark.extra_info.update(
+        op=op, provider=provider, mode=mode, device=device, dtype=str(dtype).replace("torch.", ""),
+        torch_threads=torch.get_num_threads(), peak_memory_bytes=mem,
+        loadavg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, **shape)
+
+    def timed(*a, **kw):
+        out = call(*a, **kw)
+        sync()
+        return out
+
+    if setup is None:
+        benchmark(timed)
+    else:
+        benchmark.pedantic(timed, setup=setup, rounds=max(5, min(500, int(1.0 / max(t, 1e-6)))))
 
 
 def format_table(rows: list, columns: list) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import format_table, write_results  # noqa: E402
+from bench.common import add_result_args, format_table, write_results  # noqa: E402
 
 
 def _free_port() -> int:
@@ -145,6 +145,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    add_result_args(ap)
     args = ap.parse_args(argv)
     procs = [int(p) for p in args.procs.split(",")]
     if args.device == "cuda":
@@ -173,7 +174,8 @@ def main(argv=None) -> None:
                               ("allreduce_ms", "all-reduce ms", ".2f"), ("speedup", "speed-up", ".2f"),
                               ("efficiency", "efficiency", ".2f")]))
     path = write_results("distributed", rows, extra={"args": vars(args), "note": "strong scaling of one Lanczos "
-                         "step: matmat (data pass + one all-reduce) + float64 reorthogonalisation"})
+                         "step: matmat (data pass + one all-reduce) + float64 reorthogonalisation"},
+                         allow_dirty=args.allow_dirty)
     print(f"wrote {path}")
 
 

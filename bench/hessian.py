@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import format_table, measure, write_results  # noqa: E402
+from bench.common import add_result_args, format_table, measure, write_results  # noqa: E402
 from skipkern.hessian import HessianOperator, spectral_density  # noqa: E402
 from skipkern.nn import SkipMLP  # noqa: E402
 from skipkern.reference import skip_linear_composite  # noqa: E402
@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per HVP measurement")
     ap.add_argument("--tag", default="", help="suffix of the results name (hessian<tag>-<device>-<date>.json)")
+    add_result_args(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,7 +265,7 @@ def main() -> None:
              "threads": torch.get_num_threads(), "timing": "min over repeats (wall); cpu_* = process CPU time",
              "dtype": "float32", "grad_ms": {"skipkern": g_skip, "plain_torch": g_plain, "used": grad_ms},
              "density": dens, "skipped": skipped, "targets": targets}
-    path = write_results(f"hessian{args.tag}", rows, extra)
+    path = write_results(f"hessian{args.tag}", rows, extra, allow_dirty=args.allow_dirty)
     print("wrote", path)
 
 

@@ -34,7 +34,8 @@ from typing import Callable, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import env_info, format_table, measure, summarize, write_results  # noqa: E402
+from bench.common import (add_result_args, check_tree, env_info, format_table, measure, summarize,  # noqa: E402
+                          write_results)
 from skipkern import backends  # noqa: E402
 from skipkern.nn import SkipLinear, SkipMLP  # noqa: E402
 from skipkern.ops.skip_linear import normalize_skip  # noqa: E402
@@ -201,7 +202,14 @@ def main(argv=None) -> None:
                     help="comma-separated configurations MODEL:B:W:SKIP, e.g. SkipLinear:4096:256:identity")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the measured configurations' rows in today's results file")
+    add_result_args(ap)
     args = ap.parse_args(argv)
+    name = "skip_layers" if not args.threads else f"skip_layers-{args.threads}thread"
+    if not args.no_save:
+        try:
+            check_tree(name, args.allow_dirty)  # before the run, not after it
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,13 +257,12 @@ def main(argv=None) -> None:
     print()
     print(format_table(rows, cols))
     if not args.no_save:
-        name = "skip_layers" if not args.threads else f"skip_layers-{args.threads}thread"
         extra = {"quick": args.quick, "depth": args.depth, "providers": providers, "argv": sys.argv[1:],
                  "gc_disabled_in_timed_calls": True,
                  "loadavg_at_start": env["loadavg_1_5_15"]}
         if args.merge:
             rows, extra = _merge(name, rows, extra, env)
-        path = write_results(name, rows, extra)
+        path = write_results(name, rows, extra, allow_dirty=args.allow_dirty)
         print(f"\nwrote {path}")
 
 
