@@ -145,7 +145,7 @@ def run(ctx: Context, cfg: dict) -> dict:
     write_csv(out / f"{NAME}.csv", pairs)
     write_csv(out / f"{NAME}_nets.csv", nets)
     sections = [{"title": "Loss barriers against the width of the skip branch (after Wang et al., IJCAI 2020)",
-                 "text": _section_text(cfg), "figures": figs}]
+                 "text": _section_text(cfg), "figures": figs[1:]}]  # figs[0] is shown with the finding
     result = {"experiment": NAME, "config": cfg, "context": ctx.describe(), "summary": summary, "gates": gates,
               "findings": [finding.to_dict()], "figures": figs, "sections": sections,
               "settings_time_s": float(sum(r.get("elapsed_s", 0.0) for r in recs.values())),
@@ -261,14 +261,16 @@ def _caveats(cfg: dict) -> list:
             "more bends, AutoNEB) can only lower it, so a slope measures how the bound moves with m.",
             "Barrier = max along the path - mean of the ends, so it is at least half the difference of the end "
             "losses; the excess barrier (height above the line between the end losses) is in the CSV.",
-            f"With deep_width = {cfg['deep_width']!r} the plain net also widens with m; the skip net has the extra "
-            "two-layer branch's (n + 2) m parameters."]
+            f"With deep_width = {cfg['deep_width']!r} the plain net also widens with m, so its barrier can fall with "
+            "m too: C1 alone does not isolate the skip, C2 (with against without at the same m) does. The skip net "
+            "has the extra two-layer branch's (n + 2) m parameters."]
 
 
 def _section_text(cfg: dict) -> str:
-    return ("Each point is one pair of independently trained nets; lines are geometric means per width with the "
-            "fitted log-log slope (95% bootstrap interval in the legend). The second figure shows the final training "
-            "losses of every net (how deep the worse minima are) and the excess over the best net per setting; the "
-            "third the training loss along the straight and Bezier paths at the largest width. Per-pair numbers: "
+    return ("The barrier figure (with the finding above): each point is one pair of independently trained nets; "
+            "lines are geometric means per width with the fitted log-log slope (95% bootstrap interval in the "
+            "legend). Below: the final training losses of every net (how deep the worse minima are) and the excess "
+            "over the best net per setting; the training loss along the straight and Bezier paths at the largest "
+            "width. Per-pair numbers: "
             "connectivity.csv; per-net numbers: connectivity_nets.csv; per-setting records with every loss profile: "
             "settings/.")
