@@ -305,10 +305,17 @@ def report(result: dict) -> str:
     parts = [dict(p, why=_why(p)) for p in result["parts"]]
     lines.append(format_table(parts, [("name", "part", "s"), ("status", "status", "s"), ("seconds", "s", ".1f"),
                                       ("why", "", "s")]))
-    rows = [r for r in result["rows"] if r.get("status") == "ok"]
+    rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("median_ms") is not None]
+    prec = [dict(r, top_err=max(r.get("top_ritz_rel_err_vs_fp64") or [0.0])) for r in result["rows"]
+            if r.get("part") == "hvp precision" and r.get("status") == "ok"]
     if rows:
         lines += ["", format_table(rows, [("part", "part", "s"), ("shape", "shape", "s"), ("provider", "provider", "s"),
                                           ("median_ms", "median ms", ".4f"), ("rel_err_loss", "rel err", ".1e")])]
+    if prec:
+        lines += ["", format_table(prec, [("provider", "HVP products", "s"), ("lambda_max", "lambda max", ".4g"),
+                                          ("fraction_degenerate", "frac |l|<=1e-4 max", ".4f"),
+                                          ("fraction_negative", "frac l<-1e-4 max", ".4f"),
+                                          ("top_err", "top-3 Ritz rel err vs fp64", ".1e")])]
     tg = [dict(t, met={True: "MET", False: "missed", None: "n/a"}[t["met"]]) for t in result["targets"]]
     lines += ["", "targets (H200): " + TARGETS,
               format_table(tg, [("target", "target", "s"), ("value_ms", "ms", ".4f"), ("by", "by", "s"),
