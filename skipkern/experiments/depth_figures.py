@@ -3,7 +3,7 @@ the first numerically singular layer per net, and the convolutional PlainNet vs 
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from skipkern.plotting import color_for, new_figure, save_figure
 
@@ -71,6 +71,10 @@ def first_singular_figure(out, rows: list, depths: list, cfg: dict) -> str:
             ax.set_yscale("log")
             ax.set_xticks(depths)
             ax.set_xticklabels([str(d) for d in depths])
+            ax.set_yticks(sorted({1, 2, 5, *depths}))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("depth (hidden layers)")
             ax.set_ylabel("first numerically singular layer")
             ax.set_title(f"{fam} init, {when}", fontsize=9)
