@@ -32,30 +32,25 @@ def backend_params(device: str = "cpu") -> list:
     return [pytest.param(b.name, id=b.name) for b in skipkern.backends.available() if device in b.devices]
 
 
-def require(name: str, op: str = "skip_linear", device: str = "cpu", dtype: torch.dtype = torch.float64,
-            shapes: tuple = ()) -> None:
-    """Skip unless backend ``name`` runs ``op`` on ``device``/``dtype``. A backend that is missing here
-    (unbuilt, not importable, no device, no interpreter) fails the test instead when SKIPKERN_REQUIRE lists
-    it; a dtype or device the backend does not support by design is a plain skip."""
+def ensure_backend(name: str, device: str = "cpu") -> None:
+    """Skip when backend ``name`` is missing here (unbuilt, not importable, no device, no interpreter), or
+    fail instead when SKIPKERN_REQUIRE lists it."""
     status = {b.name: b for b in skipkern.backends.available()}[name]
     if not status.available:
         msg = f"backend {name} unavailable: {status.reason}"
         if name in required_backends():
             pytest.fail(msg + " (required by SKIPKERN_REQUIRE)")
         pytest.skip(msg)
+
+
+def require(name: str, op: str = "skip_linear", device: str = "cpu", dtype: torch.dtype = torch.float64,
+            shapes: tuple = ()) -> None:
+    """ensure_backend, then skip unless backend ``name`` runs ``op`` on ``device``/``dtype``: a dtype or
+    device the backend does not support by design is a plain skip, never a failure."""
+    ensure_backend(name, device)
     ok, reason = skipkern.backends.can_run(name, op, device, dtype, shapes)
     if not ok:
         pytest.skip(f"backend {name} does not run {op} on {device}/{dtype}: {reason}")
-
-
-def ensure_backend(name: str, device: str = "cpu") -> None:
-    """Skip (or fail, if required) when backend ``name`` is unavailable."""
-    status = {b.name: b for b in skipkern.backends.available()}[name]
-    if not status.available:
-        msg = f"backend {name} unavailable: {status.reason}"
-        if name in required_backends():
-            pytest.fail(msg + " (required by SKIPKERN_REQUIRE)")
-        pytest.skip(msg)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "",

@@ -23,10 +23,11 @@ IDENTITY, DENSE = SKIP_CODES["identity"], SKIP_CODES["dense"]
 Spec = tuple  # (name, tensor or None, expected shape)
 
 
-def check_tensors(backend: str, specs: Iterable[Spec], dtypes: Iterable[torch.dtype],
+def check_tensors(backend: str, specs: Iterable[Spec], dtypes: Optional[Iterable[torch.dtype]],
                   contiguous: bool = True) -> None:
     """Each (name, tensor or None, shape) must be a tensor of that shape with the dtype and device of the
-    first tensor; that dtype must be one of ``dtypes``; with ``contiguous``, every tensor row-major dense.
+    first tensor; that dtype must be one of ``dtypes`` (None: any); with ``contiguous``, every tensor
+    row-major dense. ``backend`` names the caller in the messages.
 
     Raises TypeError (not a tensor, wrong dtype) or ValueError (shape, device, layout) naming the argument,
     the expected and the actual value.
@@ -37,8 +38,8 @@ def check_tensors(backend: str, specs: Iterable[Spec], dtypes: Iterable[torch.dt
     name0, ref, _ = specs[0]
     if not isinstance(ref, Tensor):
         raise TypeError(f"{name0} must be a torch.Tensor, got {type(ref).__name__}")
-    dtypes = tuple(dtypes)
-    if ref.dtype not in dtypes:
+    dtypes = None if dtypes is None else tuple(dtypes)
+    if dtypes is not None and ref.dtype not in dtypes:
         names = [str(d).replace("torch.", "") for d in dtypes]
         allowed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
         raise TypeError(f"{name0} must be {allowed} for the {backend} backend, got {ref.dtype}")

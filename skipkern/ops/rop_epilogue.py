@@ -20,23 +20,9 @@ import torch
 from torch import Tensor
 
 from skipkern import backends
+from skipkern.backends.tensor_checks import check_tensors
 
 __all__ = ["rop_epilogue_fwd", "rop_epilogue_bwd", "resolve_backend", "check_fwd", "check_bwd"]
-
-
-def _check(dtype: torch.dtype, device: torch.device, *specs: tuple) -> None:
-    """Each (name, tensor or None, shape) must be a tensor of ``dtype``/``device`` with ``shape``."""
-    for name, t, shape in specs:
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-        if t.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype} (that of out), got {t.dtype}")
-        if t.device != device:
-            raise ValueError(f"{name} must be on {device} (that of out), got {t.device}")
 
 
 def check_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Optional[Tensor],
@@ -54,8 +40,9 @@ def check_fwd(out: Tensor, d1: Tensor, d2: Optional[Tensor], skip_in: Optional[T
     if t2_out is not None and d2 is None:
         raise ValueError("t2_out is given but d2 is None (t2 = out * d2 needs d2)")
     n, k, N = out.shape
-    _check(out.dtype, out.device, ("d1", d1, (n, N)), ("d2", d2, (n, N)), ("skip_in", skip_in, (n, k, N)),
-           ("hsum", hsum, (n, k, N)), ("t2_out", t2_out, (n, k, N)))
+    check_tensors("rop_epilogue", (("out", out, (n, k, N)), ("d1", d1, (n, N)), ("d2", d2, (n, N)),
+                                   ("skip_in", skip_in, (n, k, N)), ("hsum", hsum, (n, k, N)),
+                                   ("t2_out", t2_out, (n, k, N))), dtypes=None, contiguous=False)
     return n, k, N
 
 
@@ -75,9 +62,10 @@ def check_bwd(rgh: Optional[Tensor], d1: Optional[Tensor], gh: Optional[Tensor],
     if not ref.dtype.is_floating_point:
         raise TypeError(f"{'rgh' if rgh is not None else 't2'} must have a floating dtype, got {ref.dtype}")
     n, k, N = ref.shape
-    _check(ref.dtype, ref.device, ("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)),
-           ("d1", d1 if rgh is not None else None, (n, N)), ("gh", gh if t2 is not None else None, (n, N)),
-           ("out", out, (n, k, N)))
+    check_tensors("rop_epilogue", (("rgh", rgh, (n, k, N)), ("t2", t2, (n, k, N)),
+                                   ("d1", d1 if rgh is not None else None, (n, N)),
+                                   ("gh", gh if t2 is not None else None, (n, N)), ("out", out, (n, k, N))),
+                  dtypes=None, contiguous=False)
     return n, k, N
 
 
