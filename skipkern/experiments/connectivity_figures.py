@@ -33,7 +33,7 @@ def _offset(arch: str) -> float:
 
 def barrier_figure(out, cfg: dict, dims: list, widths: list, pairs: list, summary: dict) -> str:
     methods = list(cfg["methods"])
-    fig, axes = new_figure(len(dims), len(methods), width=3.9, height=3.4)
+    fig, axes = new_figure(len(dims), len(methods), width=4.4, height=3.4)
     for r, meth in enumerate(methods):
         for c, n in enumerate(dims):
             ax = axes[r * len(dims) + c]
@@ -54,19 +54,20 @@ def barrier_figure(out, cfg: dict, dims: list, widths: list, pairs: list, summar
                     xs = np.asarray([min(widths), max(widths)], dtype=float)
                     ax.plot(xs, 10 ** (sl["intercept"] + sl["slope"] * np.log10(xs)), color=col, ls=":", lw=1)
             _log_axes(ax, widths)
-            ax.set_xlabel("width m of the skip branch (deep branch: " + ("m" if cfg["deep_width"] == "m"
-                                                                         else str(cfg["deep_width"])) + ")")
+            ax.set_xlabel("width m of the skip branch")
             ax.set_ylabel(f"training-loss barrier ({meth} path)")
             ax.set_title(f"n = {n}: {meth} path")
             ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Barrier (max along path - mean of ends) vs width; dots: pairs, line: geometric mean, "
-                 f"dotted: fit (95% bootstrap CI); {int(cfg['n_seeds']) // 2} pairs per width", fontsize=9)
+    deep = "m" if cfg["deep_width"] == "m" else str(cfg["deep_width"])
+    fig.suptitle(f"Barrier (max along the path - mean of the ends) vs width; deep branch {cfg['depth']} layers of width "
+                 f"{deep}\ndots: {int(cfg['n_seeds']) // 2} pairs per width; line: geometric mean; dotted: log-log fit "
+                 "(slope and 95% bootstrap CI in the legend)", fontsize=9)
     save_figure(fig, out, "connectivity_barrier_vs_width")
     return "connectivity_barrier_vs_width"
 
 
 def loss_figure(out, cfg: dict, dims: list, widths: list, nets: list, summary: dict) -> str:
-    fig, axes = new_figure(len(dims), 2, width=3.9, height=3.3)
+    fig, axes = new_figure(len(dims), 2, width=4.4, height=3.3)
     for c, n in enumerate(dims):
         top, bot = axes[c], axes[len(dims) + c]
         for arch in ("plain", "skip"):
@@ -97,7 +98,7 @@ def loss_figure(out, cfg: dict, dims: list, widths: list, nets: list, summary: d
 
 def path_figure(out, cfg: dict, dims: list, widths: list, recs: dict) -> str:
     m = max(widths)
-    fig, axes = new_figure(len(dims), 1, width=3.9, height=3.3)
+    fig, axes = new_figure(len(dims), 1, width=4.4, height=3.3)
     for c, n in enumerate(dims):
         ax = axes[c]
         for arch in ("plain", "skip"):
