@@ -27,7 +27,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import run_benchmark  # noqa: E402
+from bench.common import run_benchmark, skip_unless_backend_runs  # noqa: E402
 from skipkern import backends  # noqa: E402
 from skipkern.ops import rop_epilogue_bwd, rop_epilogue_fwd  # noqa: E402
 from skipkern.ops.rop_epilogue_reference import rop_epilogue_bwd_ref, rop_epilogue_fwd_ref  # noqa: E402
@@ -49,11 +49,7 @@ def epilogue_fns(provider: str):
         if not _compiled:
             _compiled["f"] = (torch.compile(rop_epilogue_fwd_ref), torch.compile(rop_epilogue_bwd_ref))
         return _compiled["f"]
-    if provider == "triton" and DEVICE == "cpu":
-        pytest.skip("Triton on CPU tensors is the interpreter: a correctness tool, not measured")
-    ok, reason = backends.can_run(provider, "rop_epilogue", DEVICE, DTYPE)
-    if not ok:
-        pytest.skip(f"{provider}: {reason}")
+    skip_unless_backend_runs("rop_epilogue", provider, DEVICE, DTYPE)
     return (lambda *a: rop_epilogue_fwd(*a, backend=provider),
             lambda *a: rop_epilogue_bwd(*a, backend=provider))
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import run_benchmark  # noqa: E402
+from bench.common import run_benchmark, skip_unless_backend_runs  # noqa: E402
 from skipkern import backends  # noqa: E402
 from skipkern.ops import skip_linear  # noqa: E402
 from skipkern.reference import skip_linear_composite  # noqa: E402
@@ -49,11 +49,7 @@ def layer_fn(provider: str):
         if "f" not in _compiled:
             _compiled["f"] = torch.compile(skip_linear_composite)
         return _compiled["f"]
-    if provider == "triton" and DEVICE == "cpu":
-        pytest.skip("Triton on CPU tensors is the interpreter: a correctness tool, not measured")
-    ok, reason = backends.can_run(provider, "skip_linear", DEVICE, DTYPE)
-    if not ok:
-        pytest.skip(f"{provider}: {reason}")
+    skip_unless_backend_runs("skip_linear", provider, DEVICE, DTYPE)
     return lambda x, w, b, skip, act: skip_linear(x, w, b, skip, act, backend=provider)
 
 

@@ -32,7 +32,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["env_info", "device_slug", "measure", "summarize", "check_tree", "write_results", "add_result_args",
-           "peak_memory", "run_benchmark", "format_table", "RESULTS_DIR"]
+           "peak_memory", "skip_unless_backend_runs", "run_benchmark", "format_table", "RESULTS_DIR"]
 
 
 def _cpu_model() -> str:
@@ -200,6 +200,20 @@ def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> Optional[int]:
         live += e.nbytes()
         peak = max(peak, live)
     return peak
+
+
+def skip_unless_backend_runs(op: str, provider: str, device: str, dtype: torch.dtype) -> None:
+    """In a per-op benchmark: pytest.skip, with the reason, a backend provider that cannot run ``op`` here.
+    Triton on CPU tensors is the interpreter, a correctness tool: never measured."""
+    import pytest
+
+    from skipkern import backends
+
+    if provider == "triton" and device == "cpu":
+        pytest.skip("Triton on CPU tensors is the interpreter: a correctness tool, not measured")
+    ok, reason = backends.can_run(provider, op, device, dtype)
+    if not ok:
+        pytest.skip(f"{provider}: {reason}")
 
 
 def run_benchmark(benchmark, op: str, provider: str, mode: str, setup: Optional[Callable], call: Callable,
