@@ -172,7 +172,8 @@ class PathResult:
         return self._layout.unflatten(self.path.points(float(t))[0])
 
     def model_at(self, t: float) -> nn.Module:
-        """A copy of the first model carrying the parameters of the point at t."""
+        """A copy of the first model carrying the parameters of the point at t (its buffers, BatchNorm
+        statistics included, are the first model's: recompute them on your data before evaluating)."""
         return self._layout.load(copy.deepcopy(self._template), self.path.points(float(t))[0])
 
     def to_dict(self) -> dict:
