@@ -30,6 +30,7 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_help_on_every_command():
     p = run_cli("--help")
     assert p.returncode == 0
@@ -41,6 +42,7 @@ def test_help_on_every_command():
         assert flag in p.stdout
 
 
+@pytest.mark.slow
 def test_backends_table():
     p = run_cli("backends")
     assert p.returncode == 0, p.stderr
@@ -49,6 +51,7 @@ def test_backends_table():
     assert set(rows) == {"cuda", "triton", "cpp", "torch"}
 
 
+@pytest.mark.slow
 def test_bad_input_errors(tmp_path):
     assert_one_line_error(run_cli("repro", "nonsense", "--quick", "--out", str(tmp_path / "a")),
                           "unknown experiment 'nonsense'", "architectures")
@@ -63,6 +66,7 @@ def test_bad_input_errors(tmp_path):
     assert_one_line_error(run_cli("bench", "no_such_bench"), "no benchmark script")
 
 
+@pytest.mark.slow
 def test_repro_simplified_tiny(tmp_path):
     out = tmp_path / "repro"
     p = run_cli("repro", "simplified", "--quick", "--seeds", "1", "--no-progress", "--out", str(out),
@@ -76,6 +80,7 @@ def test_repro_simplified_tiny(tmp_path):
     assert (out / "simplified" / "simplified_flow_field.png").is_file()
 
 
+@pytest.mark.slow
 def test_train_diagnose_spectrum_and_architecture_mismatch(tmp_path):
     run_dir = tmp_path / "run"
     p = run_cli("train", "--arch", "plain", *TINY_TRAIN, "--out", str(run_dir))
@@ -207,6 +212,7 @@ def test_unreadable_checkpoints_are_one_line(tmp_path, capsys, kind, needle):
 
 
 # ------------------------------------------------------------------------------- outputs and resume
+@pytest.mark.slow
 def test_spectrum_and_diagnose_write_beside_the_run_and_never_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     _tiny_checkpoint(run)

@@ -5,6 +5,8 @@ import torch
 from skipkern import distributed as sd
 from tests.dist_utils import run_ranks
 
+pytestmark = pytest.mark.slow  # each test launches processes
+
 
 def _catch(fn, *args):
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # each test launches processes
 
 TINY = ["--quick", "--seeds", "0,1", "--no-progress", "--threads", "1", "--set", "depth=3", "--set", "width=8",
         "--set", "epochs=2", "--set", "n_train=96", "--set", "n_test=32", "--set", "batch_size=32",

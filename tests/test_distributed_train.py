@@ -16,6 +16,8 @@ from skipkern.nn import SkipMLP
 from skipkern.train import TrainConfig, read_metrics, train
 from tests.dist_utils import run_ranks
 
+pytestmark = pytest.mark.slow  # each test launches processes
+
 N_TRAIN, N_TEST, BATCH = 301, 37, 100  # batches 100, 100, 100, 1: the last one leaves rank 1 empty
 
 

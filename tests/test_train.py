@@ -277,6 +277,7 @@ def test_real_spectrum(data):
 
 
 # ----------------------------------------------------------------------------------------- result 1
+@pytest.mark.slow
 def test_residual_beats_plain_at_a_fixed_budget(tmp_path):
     """Depth 10, width 32, 1000 MNIST-1D samples, 300 Adam steps of 100 at lr 5e-3 (a budget picked
     so the gap is wide on every seed we tried; at lr 5e-4-1e-3 and this small size the plain net
