@@ -150,10 +150,10 @@ def add_result_args(parser: argparse.ArgumentParser) -> None:
 def check_tree(name: str, allow_dirty: bool = False) -> None:
     """Raises RuntimeError when tracked files have uncommitted changes, unless ``allow_dirty``. Scripts call
     it before measuring too, so that a long run is not refused at its end."""
-    changed = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    changed = [c.split(maxsplit=1)[-1] for c in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     if changed and not allow_dirty:
-        raise RuntimeError(f"refusing to write {name} results: the git tree has uncommitted changes "
-                           f"({', '.join(c.split(maxsplit=1)[-1] for c in changed[:5])}{', ...' if len(changed) > 5 else ''}), so "
+        listed = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        raise RuntimeError(f"refusing to write {name} results: the git tree has uncommitted changes ({listed}), so "
                            f"commit {_git('rev-parse', '--short', 'HEAD')} is not the code that ran; commit "
                            f"first, or pass --allow-dirty (recorded as allow_dirty: true)")
 

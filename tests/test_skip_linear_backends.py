@@ -6,7 +6,6 @@ views, half precision, the GPU launch plan (pure Python), an sm_90 compile witho
 cuda: the split dW reduction of large batches, CUDA-graph capture, its size limits. The grid over every
 backend is tests/test_skip_linear.py; helpers and tolerances are in tests/utils.py.
 """
-import hashlib
 import itertools
 import json
 import os
