@@ -10,6 +10,7 @@ never models, so each experiment decides what to plot and these helpers only dec
 """
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -83,18 +84,24 @@ def save_figure(fig, out_dir: Union[str, os.PathLike], stem: str) -> list[str]:
 
 
 def legend_outside(where, handles=None, ncol: Optional[int] = None, fontsize: int = 8) -> None:
-    """A legend below the axes (an Axes) or below the whole figure (a Figure): never over the data."""
+    """A legend below the axes (an Axes) or below the whole figure (a Figure): never over the data.
+    The column count fits the labels into the width of the axes or figure."""
     if hasattr(where, "get_legend_handles_labels") and handles is None:
         handles, _ = where.get_legend_handles_labels()
     if not handles:
         return
     n = len(handles)
-    ncol = ncol or min(n, 3)
-    if hasattr(where, "legend") and hasattr(where, "transAxes"):
+    is_axes = hasattr(where, "transAxes")
+    fig = where.figure if is_axes else where
+    width_in = fig.get_figwidth() * (where.get_position().width if is_axes else 1.0)
+    longest = max(len(str(h.get_label())) for h in handles)
+    fit = max(1, int(width_in * 14 / (longest + 5)))  # ~14 characters per inch at this font size
+    ncol = ncol or min(n, fit)
+    if is_axes:
         where.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, fontsize=fontsize,
                      frameon=False)
     else:
-        where.legend(handles=handles, loc="outside lower center", ncol=min(n, 6), fontsize=fontsize, frameon=False)
+        where.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=fontsize, frameon=False)
 
 
 def mean_ci(v: np.ndarray, axis: int = 0, level: float = 0.95) -> tuple:
@@ -191,13 +198,14 @@ def scatter_fit(ax, x: Sequence[float], y: Sequence[float], *, xlabel: str, ylab
 
 def layer_plot(ax, runs: Mapping[str, np.ndarray], *, ylabel: str, title: Optional[str] = None,
                logy: bool = False, cap: Optional[float] = None, styles: Optional[Mapping[str, str]] = None,
-               colors: Optional[Mapping[str, str]] = None, legend: bool = True) -> None:
+               colors: Optional[Mapping[str, str]] = None, legend: bool = True, clip: Optional[tuple] = None) -> None:
     """Per-layer values (layer 1..L on x, integer ticks) as the mean with a 95% CI band per condition
     (geometric mean and a band in log10 on a log axis).
 
     Args:
         runs: condition -> [n_seeds, L]. cap: values above it (and inf) are drawn at ``cap`` with a
             marker, so numerically infinite condition numbers stay visible on a log axis.
+        clip: (low, high) range of the quantity (e.g. (0, 1) for fractions): bands stop there.
     """
     for i, (name, vals) in enumerate(runs.items()):
         v = np.atleast_2d(np.asarray(vals, dtype=float))
@@ -215,12 +223,17 @@ def layer_plot(ax, runs: Mapping[str, np.ndarray], *, ylabel: str, title: Option
             ax.plot(layers, 10 ** m, color=c, ls=ls, marker="o", ms=3,
                     label=f"{name} (geometric mean ± 95% CI, n={v.shape[0]})")
             if v.shape[0] > 1:
-                ax.fill_between(layers, 10 ** (m - half), 10 ** (m + half), color=c, alpha=0.18, lw=0)
+                top = math.log10(cap) if cap is not None else np.inf  # nothing is drawn above the cap
+                ax.fill_between(layers, 10 ** np.minimum(m - half, top), 10 ** np.minimum(m + half, top), color=c,
+                                alpha=0.18, lw=0)
         else:
             m, half, _ = mean_ci(v)
             ax.plot(layers, m, color=c, ls=ls, marker="o", ms=3, label=f"{name} ({BAND_LABEL}, n={v.shape[0]})")
             if v.shape[0] > 1:
-                ax.fill_between(layers, m - half, m + half, color=c, alpha=0.18, lw=0)
+                lo, hi = m - half, m + half
+                if clip is not None:
+                    lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
+                ax.fill_between(layers, lo, hi, color=c, alpha=0.18, lw=0)
         if capped is not None and capped.any():
             hit = capped.mean(0) > 0
             ax.scatter(layers[hit], np.full(hit.sum(), cap), marker="^", color=c, s=18, zorder=3)

@@ -73,7 +73,7 @@ def test_schedule_counts_steps():
     plan = schedule(spec, n_train=40)  # 4 steps per epoch: 7 epochs, the last one partial
     assert plan["epochs"] == 7 and plan["steps_per_epoch"] == 4
     assert 7 % plan["eval_every"] == 0 and 7 % plan["diagnostics_every"] == 0
-    assert plan["spectrum_at"] == [0, 7]
+    assert plan["spectra"] == ["init", "end"]
     assert schedule(spec, n_train=400)["epochs"] == 1  # more data, same steps
 
 

@@ -19,7 +19,7 @@ from skipkern.experiments.common import Context, fmt, stats
 from skipkern.experiments.deep import (LOG10_COND_CAP, acc_evidence, acc_summary, accuracy_figure, families_of,
                                        final_values, finding, gates_of, run_families, seeds_of, write_outputs)
 from skipkern.experiments.runs import deep_spec, diag_series
-from skipkern.experiments.spectra import TAU, TAUS, density_figure, fraction_key
+from skipkern.experiments.spectra import TAU, TAUS, density_figure, fraction_key, run_spectra
 from skipkern.plotting import color_for, layer_plot, legend_outside, mean_ci, new_figure, save_figure
 
 NAME = "architectures"
@@ -59,7 +59,7 @@ def spectral_values(records: dict, when: str, tau: float = TAU, kind: str = "deg
     vals, bounds, ratio = {}, {}, {}
     key = fraction_key(kind, tau)
     for c, recs in records.items():
-        fr = [(r.get("spectra") or {}).get(when, {}) for r in recs]
+        fr = [run_spectra(r).get(when, {}) for r in recs]
         if not any(key in f for f in fr):
             continue
         vals[c] = [f.get(key, {}).get("value", math.nan) for f in fr]
@@ -205,7 +205,7 @@ def _diagnostics_figure(out, by_fam: dict) -> str:
                     runs[a] = np.stack(prof)
             if runs:
                 layer_plot(axes[i * len(panels) + j], runs, ylabel=label, logy=logy, legend=False,
-                           title=f"{fam} init: {label}, after training")
+                           title=f"{fam} init: {label}, after training", clip=None if logy else (0.0, 1.0))
     legend_outside(fig, axes[0].get_legend_handles_labels()[0])
     save_figure(fig, out, "architectures_diagnostics")
     return "architectures_diagnostics"

@@ -186,7 +186,7 @@ def curves(records: Mapping[str, list], key: str, x: str = "step") -> tuple[np.n
 def run_rows(records: Mapping[str, list], extra: Optional[Callable[[str, dict], dict]] = None,
              family: str = "") -> list:
     """One CSV row per run: final metrics, initial loss (and its flag), spectra, time and folder."""
-    from skipkern.experiments.spectra import TAU, fraction_key
+    from skipkern.experiments.spectra import TAU, fraction_key, run_spectra
     rows = []
     for c, recs in records.items():
         for r in recs:
@@ -198,7 +198,7 @@ def run_rows(records: Mapping[str, list], extra: Optional[Callable[[str, dict], 
                    "initial_logit_std": sig.get("logit_std", math.nan)}
             for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
                 row[f"final_{k}"] = final_metric(r, k)
-            for when, s in (r.get("spectra") or {}).items():
+            for when, s in run_spectra(r).items():
                 f = s.get(fraction_key("degenerate", TAU), {})
                 row[f"{when}_fraction_degenerate"] = f.get("value", math.nan)
                 row[f"{when}_fraction_degenerate_lower"] = f.get("lower", math.nan)

@@ -28,19 +28,20 @@ __all__ = ["Recipe", "RECIPES", "ORDER", "get_recipe", "recipe_config", "DEEP_BA
 
 # Shared deep-net settings per mode. spectra: "init" and/or "end" (Hessian densities of the data loss on
 # spectrum_samples fixed training samples; N (C - 1) must exceed P for no data-rank floor: with width 32,
-# depth 20, P = 21,706 and 6,000 samples give N (C - 1) / P = 2.5).
+# depth 20, P = 21,706 and 6,000 samples give N (C - 1) / P = 2.5; at the paper's width 128, P = 320,266
+# and 50,000 samples (CIFAR-100's training-set size) give 1.4).
 DEEP_BASE = {
     "tiny": dict(depth=3, width=8, steps=6, n_train=64, n_test=32, seeds=[0, 1], lr=5e-4, batch_size=32,
                  inits=["glorot", "scaled"], eval_points=3, train_eval_samples=None, diag_points=1, diag_batch=32,
                  spectra=["init", "end"], spectrum_probes=2, spectrum_steps=6, spectrum_samples=64),
     "quick": dict(depth=20, width=32, steps=600, n_train=6000, n_test=1000, seeds=[0, 1, 2, 3, 4], lr=5e-4,
                   batch_size=500, inits=["glorot", "scaled"], eval_points=10, train_eval_samples=2000, diag_points=2,
-                  diag_batch=500, spectra=["init", "end"], spectrum_probes=3, spectrum_steps=30,
+                  diag_batch=500, spectra=["init", "end"], spectrum_probes=3, spectrum_steps=25,
                   spectrum_samples=6000),
-    "full": dict(depth=20, width=128, steps=6000, n_train=60000, n_test=5000, seeds=[0, 1, 2, 3, 4], lr=5e-4,
-                 batch_size=500, inits=["glorot", "scaled"], eval_points=20, train_eval_samples=5000, diag_points=4,
-                 diag_batch=1000, spectra=["init", "end"], spectrum_probes=4, spectrum_steps=40,
-                 spectrum_samples=60000),
+    "full": dict(depth=20, width=128, steps=2000, n_train=50000, n_test=5000, seeds=[0, 1, 2, 3, 4], lr=5e-4,
+                 batch_size=500, inits=["glorot", "scaled"], eval_points=10, train_eval_samples=5000, diag_points=2,
+                 diag_batch=1000, spectra=["init", "end"], spectrum_probes=2, spectrum_steps=24,
+                 spectrum_samples=50000),
 }
 
 _SPECIFIC = {
@@ -51,11 +52,11 @@ _SPECIFIC = {
     "malicious": {"tiny": {}, "quick": {}, "full": {}},
     "seeds": {"tiny": dict(n_nets=3), "quick": dict(n_nets=20), "full": dict(n_nets=20)},
     "biasreg": {"tiny": dict(depth=4, search_candidates=2, search_steps=4, search_seed=0),
-                "quick": dict(depth=30, search_candidates=4, search_steps=300, search_seed=0),
-                "full": dict(depth=30, search_candidates=8, search_steps=2000, search_seed=0)},
+                "quick": dict(depth=30, search_candidates=3, search_steps=250, search_seed=0),
+                "full": dict(depth=30, search_candidates=4, search_steps=800, search_seed=0)},
     "skip_benefit": {"tiny": dict(depths=[2, 3], gains=[1.0]),
                      "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1, 2]),
-                     "full": dict(depths=[5, 10, 20, 30, 50], gains=[0.5, 1.0, 2.0])},
+                     "full": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1, 2])},
 }
 
 

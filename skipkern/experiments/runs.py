@@ -54,6 +54,8 @@ class RunSpec:
             ``diag_batch`` fixed samples; the signal propagation uses the same batch.
         spectra: when to estimate the Hessian eigenvalue density: any of "init", "end".
         spectrum_probes, spectrum_steps, spectrum_samples: stochastic Lanczos quadrature settings.
+        spectrum_deflate: outlier eigenpairs deflated before the quadrature (0: none, "auto" or a count),
+            where ``skipkern.hessian.spectral_density`` supports it (else 0 is used and recorded).
         label: a readable name for the folder (not part of the identity).
     """
 
@@ -83,6 +85,7 @@ class RunSpec:
     spectrum_probes: int = 4
     spectrum_steps: int = 40
     spectrum_samples: int = 500
+    spectrum_deflate: object = 0
     label: str = field(default="", compare=False)
 
     def identity(self, ctx: Context) -> dict:
@@ -99,7 +102,7 @@ class RunSpec:
 
 
 SPEC_KEYS = ("depth", "width", "steps", "lr", "batch_size", "n_train", "n_test", "eval_points", "train_eval_samples",
-             "diag_points", "diag_batch", "spectrum_probes", "spectrum_steps", "spectrum_samples")
+             "diag_points", "diag_batch", "spectrum_probes", "spectrum_steps", "spectrum_samples", "spectrum_deflate")
 
 
 def deep_spec(cfg: dict, arch: str, seed: int, init: str, **overrides) -> RunSpec:
@@ -117,7 +120,8 @@ def schedule(spec: RunSpec, n_train: int) -> dict:
     """Epochs of a run and the epochs of its measurements, from its step budget and data size.
 
     epochs = ceil(steps / steps_per_epoch); evaluations and diagnoses every k epochs with k the largest
-    divisor of ``epochs`` not above epochs / points (so the last epoch is always measured)."""
+    divisor of ``epochs`` not above epochs / points (so the last epoch is always measured). Spectra are
+    taken before the first step ("init") and after the last ("end") by ``train_run`` itself."""
     spe = math.ceil(n_train / spec.batch_size)
     epochs = max(1, math.ceil(spec.steps / spe))
 
@@ -127,9 +131,8 @@ def schedule(spec: RunSpec, n_train: int) -> dict:
         cap = max(1, epochs // points)
         return max(d for d in range(1, cap + 1) if epochs % d == 0)
 
-    at = [e for e, w in ((0, "init"), (epochs, "end")) if w in spec.spectra]
     return {"steps_per_epoch": spe, "epochs": epochs, "eval_every": every(spec.eval_points),
-            "diagnostics_every": every(spec.diag_points), "spectrum_at": sorted(set(at))}
+            "diagnostics_every": every(spec.diag_points), "spectra": [w for w in ("init", "end") if w in spec.spectra]}
 
 
 def _build(spec: RunSpec, ctx: Context, data):
@@ -203,6 +206,43 @@ def _diag_batch(data, spec: RunSpec):
     return data.x_train[idx], data.y_train[idx]
 
 
+def _spectrum(model, data, spec: RunSpec, ctx: Context, path) -> dict:
+    """Hessian eigenvalue density of the mean cross entropy on ``spectrum_samples`` fixed training samples
+    (the training loop's spectrum stream), saved to ``path`` (rank 0); reused when ``path`` exists (a
+    resumed run keeps the density of its initialisation). Returns {"path", "samples", "time", "deflate"}."""
+    import inspect
+
+    import torch
+    import torch.nn.functional as F
+
+    from skipkern.hessian import HessianOperator, SpectralDensity, spectral_density
+    if path.is_file():
+        d = SpectralDensity.load(path)
+        return {"path": str(path), "samples": d.meta.get("samples"), "time": d.meta.get("time"),
+                "deflate": d.meta.get("deflate", 0)}
+    t0 = time.perf_counter()
+    n = data.n_train
+    k = min(spec.spectrum_samples, n)
+    g = torch.Generator().manual_seed(int(spec.seed) * 1_000_003 + 3)
+    idx = torch.randperm(n, generator=g)[:k].to(data.x_train.device)
+    x, y, group = data.x_train[idx], data.y_train[idx], ctx.group
+    op = HessianOperator(model, F.cross_entropy, (sd.shard(x, group), sd.shard(y, group)), process_group=group)
+    kw = {}
+    deflate = spec.spectrum_deflate
+    if deflate and "deflate" in inspect.signature(spectral_density).parameters:
+        kw["deflate"] = deflate
+    else:
+        deflate = 0
+    which = 0 if path.stem == "init" else 1
+    dens = spectral_density(op, num_probes=spec.spectrum_probes, num_steps=spec.spectrum_steps,
+                            seed=int(spec.seed) * 7919 + which, progress=False, **kw)
+    dens.meta.update(samples=k, time=time.perf_counter() - t0, deflate=deflate)
+    if sd.is_main(group):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dens.save(path)
+    return {"path": str(path), "samples": k, "time": dens.meta["time"], "deflate": deflate}
+
+
 def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train (or load the finished record of) one run. Returns its record: identity, schedule, history
     (compact), final metrics, signal propagation at init and at the end, spectra summaries, parameter
@@ -225,25 +265,23 @@ def train_run(spec: RunSpec, ctx: Context, on_epoch: Optional[Callable[[dict], N
     model, reg = _build(spec, ctx, data)
     xd, yd = _diag_batch(data, spec)
     signal = {"init": signal_propagation(model, xd, yd, data.num_classes)}
+    spectra_files = {}
+    if "init" in plan["spectra"]:
+        spectra_files["init"] = _spectrum(model, data, spec, ctx, folder / "spectra" / "init.json")
     cfg = TrainConfig(epochs=plan["epochs"], max_steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
                       seed=spec.seed, device=ctx.device, eval_every=plan["eval_every"],
                       train_eval_samples=spec.train_eval_samples, diagnostics_every=plan["diagnostics_every"],
-                      diag_batch=spec.diag_batch, spectrum_at=tuple(plan["spectrum_at"]),
-                      spectrum_probes=spec.spectrum_probes, spectrum_steps=spec.spectrum_steps,
-                      spectrum_samples=spec.spectrum_samples, regularizer=reg, progress=False)
+                      diag_batch=spec.diag_batch, regularizer=reg, progress=False)
     t0 = time.perf_counter()
     result = train(model, data, cfg, out_dir=folder, resume=True, log=on_epoch or (lambda r: None))
     signal["final"] = signal_propagation(model, xd, yd, data.num_classes)
+    if "end" in plan["spectra"] and not result.diverged:
+        spectra_files["end"] = _spectrum(model, data, spec, ctx, folder / "spectra" / "end.json")
 
     def record() -> dict:  # reads the spectra rank 0 saved: rank 0 only, broadcast
         history = _compact(result.history)
-        spectra = {}
-        for r in history:
-            s = r.get("spectrum")
-            if s and s.get("path"):
-                which = "init" if r["epoch"] == 0 else "end"
-                spectra[which] = {"epoch": r["epoch"], "path": s["path"], "time": s.get("time"),
-                                  **summarize_file(s["path"], num_classes=data.num_classes, samples=s.get("samples"))}
+        spectra = {w: {**f, **summarize_file(f["path"], num_classes=data.num_classes, samples=f["samples"])}
+                   for w, f in spectra_files.items()}
         rec = {"identity": spec.identity(ctx), "label": spec.label, "folder": str(folder), "schedule": plan,
                "history": history, "final": {k: v for k, v in result.final.items() if isinstance(v, (int, float))},
                "signal": signal, "spectra": spectra, "num_params": int(sum(p.numel() for p in model.parameters())),

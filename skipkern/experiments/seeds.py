@@ -23,7 +23,7 @@ from skipkern.experiments.common import Context, fmt, stats
 from skipkern.experiments.deep import (families_of, final_values, finding, gates_of, run_families, seeds_of,
                                        write_outputs)
 from skipkern.experiments.runs import deep_spec, series
-from skipkern.experiments.spectra import TAU, fraction_key
+from skipkern.experiments.spectra import TAU, fraction_key, run_spectra
 from skipkern.experiments.verdicts import INVALID, correlation_interval
 from skipkern.plotting import color_for, new_figure, save_figure, scatter_fit
 
@@ -44,7 +44,7 @@ def _during(rec: dict, name: str, key: str) -> float:
 
 def measures(rec: dict) -> dict:
     """The singularity measures of one run (NaN where not measured)."""
-    end = (rec.get("spectra") or {}).get("end", {})
+    end = run_spectra(rec).get("end", {})
     return {"fraction_degenerate": end.get(fraction_key("degenerate", TAU), {}).get("value", math.nan),
             "dead_fraction": _during(rec, "elimination", "mean_dead_fraction"),
             "overlap": _during(rec, "overlap", "hidden_mean_abs_cos"),

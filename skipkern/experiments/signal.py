@@ -121,6 +121,6 @@ def _figure(out, sig: dict) -> str:
             ax.set_title(f"{fam} init: {t}", fontsize=10)
             ax.grid(alpha=0.3, axis="y")
         legend_outside(ax_l)
-    legend_outside(fig, axes[0].get_legend_handles_labels()[0], ncol=4)
+    legend_outside(fig, axes[0].get_legend_handles_labels()[0])
     save_figure(fig, out, "signal_propagation")
     return "signal_propagation"

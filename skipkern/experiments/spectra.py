@@ -29,7 +29,7 @@ import numpy as np
 
 from skipkern.plotting import color_for, legend_outside, new_figure, save_figure
 
-__all__ = ["TAUS", "TAU", "EPS_ABS", "summarize", "summarize_file", "fraction_key", "density_figure",
+__all__ = ["TAUS", "TAU", "EPS_ABS", "summarize", "summarize_file", "run_spectra", "fraction_key", "density_figure",
            "log_abs_density"]
 
 TAUS = (1e-3, 1e-2, 1e-1)
@@ -85,6 +85,25 @@ def summarize_file(path, num_classes: Optional[int] = None, samples: Optional[in
     if samples is None:
         samples = dens.meta.get("samples")
     return summarize(dens, samples, num_classes)
+
+
+def run_spectra(rec: dict) -> dict:
+    """{"init"/"end": summary} of a run record, recomputed from its saved density files when they are
+    on disk (so the thresholds and bounds of the current code apply to earlier runs), else as recorded."""
+    out = {}
+    for when, s in (rec.get("spectra") or {}).items():
+        p = s.get("path")
+        if p and Path(p).is_file():
+            key = (p, Path(p).stat().st_mtime)
+            if key not in _SUMMARIES:
+                _SUMMARIES[key] = summarize_file(p, rec.get("num_classes"), s.get("samples"))
+            out[when] = {**s, **_SUMMARIES[key]}
+        else:
+            out[when] = s
+    return out
+
+
+_SUMMARIES: dict = {}
 
 
 # ------------------------------------------------------------------------------------------ figure
