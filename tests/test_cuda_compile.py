@@ -41,6 +41,7 @@ def test_sources_exist():
     assert CPP_SOURCES, f"no binding .cpp under {CUDA_DIR}"
 
 
+@pytest.mark.slow  # a few seconds of nvcc
 @pytest.mark.parametrize("src", CU_SOURCES, ids=lambda p: p.name)
 def test_nvcc_compiles(src, tmp_path):
     nvcc = _tool("nvcc")
@@ -55,6 +56,7 @@ def test_nvcc_compiles(src, tmp_path):
     assert (tmp_path / (src.stem + ".o")).stat().st_size > 0
 
 
+@pytest.mark.slow  # a few seconds of g++ over the pybind11 headers
 @pytest.mark.parametrize("src", CPP_SOURCES, ids=lambda p: p.name)
 def test_binding_syntax(src, tmp_path):
     cxx = _tool("g++")
