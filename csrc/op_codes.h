@@ -14,6 +14,8 @@ namespace skipkern {
 enum class Act : int { kRelu = 0, kIdentity = 1, kTanh = 2, kGelu = 3 };
 enum class Skip : int { kNone = 0, kIdentity = 1, kDense = 2 };
 constexpr int kNumAct = 4, kNumSkip = 3;
+// The bindings' interface version (module attribute ABI), checked by skipkern/backends: 2 = integer codes.
+constexpr int kAbi = 2;
 
 inline Act act_from_code(long code) {
   if (code < 0 || code >= kNumAct)

@@ -333,6 +333,7 @@ void check_args(long M, long K, long N, Skip skip, std::uintptr_t q) {
 
 void register_skip_linear(py::module_& m) {
   using namespace skipkern;
+  m.attr("ABI") = kAbi;
   m.def(
       "skip_linear_fwd_cpu",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,

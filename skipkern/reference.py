@@ -17,6 +17,7 @@ ACTIVATIONS = ("relu", "identity", "tanh", "gelu")
 SKIPS = ("none", "identity", "dense")
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 SKIP_CODES = {name: code for code, name in enumerate(SKIPS)}
+KERNEL_ABI = 2  # the compiled bindings' interface (csrc/op_codes.h kAbi): 2 = they take these codes
 
 
 def activation_code(activation: str) -> int:

@@ -13,7 +13,7 @@ import torch
 import skipkern
 from skipkern.ops import skip_linear
 from skipkern.reference import ACTIVATION_CODES as AC
-from skipkern.reference import ACTIVATIONS, SKIPS, activation_grad_ref, skip_linear_composite
+from skipkern.reference import ACTIVATIONS, KERNEL_ABI, SKIPS, activation_grad_ref, skip_linear_composite
 from skipkern.reference import SKIP_CODES as SK
 from tests.utils import (assert_close, backend_params, cast, compare_skip_linear_launcher, launcher_params, require,
                          skip_linear_inputs)
@@ -281,3 +281,4 @@ def test_kernel_enums_match_the_python_table():
         got = {m[0]: int(m[1]) for m in re.findall(r"k(\w+) = (\d+)", body)}
         assert got == {n.capitalize(): i for i, n in enumerate(names)}, (enum, got)
         assert f"kNum{enum} = {len(names)}" in header
+    assert f"kAbi = {KERNEL_ABI}" in header

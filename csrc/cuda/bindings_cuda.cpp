@@ -53,6 +53,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   using namespace skipkern;
   using namespace skipkern::cuda;
   m.doc() = "skipkern CUDA kernels (raw device pointers + stream)";
+  m.attr("ABI") = kAbi;
   m.def(
       "skip_linear_fwd_cuda",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,

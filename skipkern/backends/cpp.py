@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.reference import KERNEL_ABI
 
 try:
     from skipkern import _C
@@ -24,6 +25,7 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu", "cpu_kernel_info")
 _ROP_KERNELS = ("rop_epilogue_fwd_cpu", "rop_epilogue_bwd_cpu")  # checked per op: an old build keeps skip_linear
 _MISSING = [] if _C is None else [k for k in _KERNELS if not hasattr(_C, k)]
+_STALE = _C is not None and getattr(_C, "ABI", 1) != KERNEL_ABI
 _ISA = _C.cpu_kernel_info()["isa"] if _C is not None and not _MISSING else ""
 
 
@@ -33,6 +35,9 @@ def available() -> tuple[bool, str]:
         return False, f"skipkern._C failed to import ({_IMPORT_ERROR}); rebuild with pip install -e ."
     if _MISSING:
         return False, f"skipkern._C lacks {_MISSING} (stale build?); rebuild with pip install -e ."
+    if _STALE:
+        return False, (f"skipkern._C is a stale build (interface {getattr(_C, 'ABI', 1)}, expected {KERNEL_ABI}); "
+                       f"rebuild with python3 setup.py build_ext --inplace or pip install -e .")
     return True, f"C++ {_ISA}, {torch.get_num_threads()} OpenMP threads"  # cheap: runs on every resolve
 
 

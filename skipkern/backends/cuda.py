@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.reference import KERNEL_ABI
 
 try:
     from skipkern import _C_cuda
@@ -33,6 +34,9 @@ def available() -> tuple[bool, str]:
     if _C_cuda is None:
         return False, (f"skipkern._C_cuda not built or not importable ({_IMPORT_ERROR}); it builds only where "
                        f"nvcc and a GPU are present (or SKIPKERN_FORCE_CUDA=1)")
+    if getattr(_C_cuda, "ABI", 1) != KERNEL_ABI:
+        return False, (f"skipkern._C_cuda is a stale build (interface {getattr(_C_cuda, 'ABI', 1)}, expected "
+                       f"{KERNEL_ABI}); rebuild with pip install -e .")
     if not torch.cuda.is_available():
         return False, "torch.cuda.is_available() is False (CPU-only torch or no GPU)"
     return True, f"CUDA kernels on {torch.cuda.get_device_name()}"
