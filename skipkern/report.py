@@ -155,8 +155,11 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
         by = found.get(k, {})
         claim = next((f["claim"] for f in by.values()), PAPER_CLAIMS.get(k, str(k)))
         cells = []
-        for fam in fams:
+        for i, fam in enumerate(fams):
             f = by.get(fam) or by.get("")
+            if f is not None and not f.get("family") and i > 0:  # one finding for both families
+                cells.append("(same: does not depend on the init family)")
+                continue
             if f is None:
                 exp = _experiment_of(k)
                 v = "failed" if exp in failed else "not run"

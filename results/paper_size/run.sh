@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper-size reproduction on MNIST-1D: depth 20 (30 for BiasReg), width 128, batch 500, Adam 5e-4,
-# 3000 steps, 5 seeds (20 plain nets for result 3), both init families, 50,000 training samples (the
-# spectra's N (C - 1) / P = 1.4: no data-rank floor). Resumable: finished runs are cached under
+# 2000 steps, 5 seeds (20 plain nets for result 3), both init families, 50,000 training samples
+# (spectra on 40,000 of them: N (C - 1) / P = 1.12, no data-rank floor). Resumable: finished runs are cached under
 # results/paper_size/runs and an interrupted run continues from its last epoch, so re-running this
 # script picks up where it stopped. Each experiment rewrites report.md with every result present.
 # Extra arguments go to every `skipkern repro` call (e.g. --jobs 2 on an idle machine, or

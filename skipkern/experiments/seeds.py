@@ -76,9 +76,9 @@ def run(ctx: Context, cfg: dict) -> dict:
                                                                        "final_train_acc": acc},
                     f"seeds_correlation_{fam}", caveats=cav)
         if not gate.ok:  # a correlation over nets that learned nothing cannot support the claim either way
-            f.verdict, f.reason = INVALID, gate.reason
             for o in f.outcomes:
-                o.verdict, o.reason = INVALID, gate.reason
+                o.verdict, o.reason, o.failed = INVALID, gate.reason, ["plain"]
+            f.verdict, f.reason = INVALID, "did not learn: plain"
         findings.append(f)
         figs.append(_figure(out, fam, cols, acc, corr))
         summary[fam] = {"final_train_acc": stats(acc), "correlations": corr, **{m: stats(cols[m]) for m in MEASURES}}

@@ -135,6 +135,7 @@ class Outcome:
     rule: str
     detail: str = ""
     pct: bool = False
+    failed: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -269,7 +270,8 @@ def judge(pred: Prediction, values: Mapping[str, Sequence[float]], gates: Option
     if pred.statistic == "interval":
         raise ValueError(f"prediction {pred.key} has statistic 'interval': judge it with judge_interval")
     gates = gates or {}
-    bad = [gates[c].reason for c in pred.gates if c in gates and not gates[c].ok]
+    failed = [c for c in pred.gates if c in gates and not gates[c].ok]
+    bad = [gates[c].reason for c in failed]
     rule = pred.rule()
     if pred.statistic == "welch":
         a, b = _finite(values.get(pred.a, ())), _finite(values.get(pred.b, ()))
@@ -300,7 +302,10 @@ def judge(pred: Prediction, values: Mapping[str, Sequence[float]], gates: Option
         verdict = _decide(pred, low, high)
         reason = "" if verdict != INCONCLUSIVE else (
             "no finite interval" if not (math.isfinite(low) and math.isfinite(high)) else "interval too wide")
-    return Outcome(pred.key, pred.text, verdict, reason, float(est), float(low), float(high), n, rule, detail, pred.pct)
+    if short:
+        failed = failed + ["seeds" if "registered" in m else "ceiling" for m in short]
+    return Outcome(pred.key, pred.text, verdict, reason, float(est), float(low), float(high), n, rule, detail, pred.pct,
+                   failed)
 
 
 def combine(outcomes: Sequence[Outcome]) -> tuple:
@@ -312,8 +317,7 @@ def combine(outcomes: Sequence[Outcome]) -> tuple:
     if NOT_REPRODUCED in vs:
         return NOT_REPRODUCED, ", ".join(o.key for o in outcomes if o.verdict == NOT_REPRODUCED) + " not reproduced"
     if INVALID in vs:
-        reasons = list(dict.fromkeys(o.reason for o in outcomes if o.verdict == INVALID))
-        return INVALID, "; ".join(reasons)
+        return INVALID, invalid_summary(outcomes)
     if all(v == REPRODUCED for v in vs):
         return REPRODUCED, ""
     return INCONCLUSIVE, ", ".join(o.key for o in outcomes if o.verdict == INCONCLUSIVE) + " inconclusive"
@@ -335,3 +339,18 @@ def judge_interval(pred: Prediction, estimate: float, low: float, high: float, n
             "no finite interval" if not (math.isfinite(low) and math.isfinite(high)) else "interval too wide")
     return Outcome(pred.key, pred.text, verdict, reason, float(estimate), float(low), float(high), tuple(n),
                    pred.rule(), detail, pred.pct)
+
+
+def invalid_summary(outcomes: Sequence[Outcome]) -> str:
+    """Short reason of an invalid result: which conditions did not learn, and whether seeds were too
+    few or both sides sat at the ceiling (each outcome's ``reason`` has the numbers)."""
+    bad = [o for o in outcomes if o.verdict == INVALID]
+    names = list(dict.fromkeys(c for o in bad for c in getattr(o, "failed", []) if c not in ("seeds", "ceiling")))
+    parts = [f"did not learn: {', '.join(names)}"] if names else []
+    if any("seeds" in getattr(o, "failed", []) for o in bad):
+        parts.append("fewer seeds than registered")
+    if any("ceiling" in getattr(o, "failed", []) for o in bad):
+        parts.append("both sides at the accuracy ceiling")
+    if not parts:  # outcomes made invalid by a caller (e.g. a whole-experiment gate)
+        parts = list(dict.fromkeys(o.reason for o in bad))
+    return "; ".join(parts)
