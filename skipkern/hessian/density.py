@@ -28,7 +28,7 @@ import torch
 
 from skipkern.hessian.fractions import Fraction, certify
 from skipkern.hessian.lanczos import LanczosResult, check_count
-from skipkern.hessian.quadrature import gauss_cdf_bounds, gauss_rule
+from skipkern.hessian.quadrature import cdf_bounds, gauss_cdf_bounds, gauss_rule
 
 __all__ = ["Estimate", "SpectralDensity", "from_lanczos", "ROUNDING_FACTOR"]
 
@@ -154,6 +154,15 @@ class SpectralDensity:
         for j, n in enumerate(lengths):
             last = float(self.betas[j, n - 1])
             yield self.alphas[j, :n], self.betas[j, :n - 1], last, self._rules[j], last == 0.0
+
+    def cdf_bounds(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-probe bounds (lower [k], upper [k]) on the bulk measure of (-inf, t) and (-inf, t]
+        (skipkern.hessian.quadrature), cached per threshold."""
+        cache = self.__dict__.setdefault("_cdf_cache", {})
+        if t not in cache:
+            pairs = [cdf_bounds(a, b, last, t, exact, rule) for a, b, last, rule, exact in self.probe_tridiagonals()]
+            cache[t] = (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+        return cache[t]
 
     def rounding_floor(self) -> float:
         """How far rounding of the products may move an eigenvalue: ROUNDING_FACTOR eps ||A||."""
