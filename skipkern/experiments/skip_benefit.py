@@ -18,7 +18,7 @@ from skipkern.experiments.common import Context, write_csv
 from skipkern.experiments.deep import families_of, final_values, run_families, seeds_of, write_outputs
 from skipkern.experiments.runs import deep_spec
 from skipkern.experiments.verdicts import welch_interval
-from skipkern.plotting import FAMILY_STYLE, color_for, legend_outside, new_figure, save_figure
+from skipkern.plotting import FAMILY_STYLE, color_for, legend_outside, mean_ci, new_figure, save_figure
 
 NAME = "skip_benefit"
 ARCHS = ("plain", "residual", "orthogonal")
@@ -101,29 +101,26 @@ def _figure(out, rows: list, by_fam: dict, cfg: dict, n: int) -> str:
                             ls=FAMILY_STYLE[fam], marker=markers[gi % len(markers)], capsize=3,
                             label=f"{fam} init, gain {g:g}")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks([int(d) for d in cfg["depths"]])
-        ax.set_xlabel("depth (hidden layers)")
-        ax.set_ylabel("training-accuracy gap")
-        ax.set_title(f"{a} - {b} (mean, error bar: 95% CI, n={n} seeds each)", fontsize=10)
-        ax.grid(alpha=0.3)
-        legend_outside(ax)
+        _dress(ax, cfg, "training-accuracy gap", f"{a} - {b} (mean, error bar: 95% CI, n={n} seeds each)")
     for j, fam in enumerate(fams):
         ax = axes[ncol + j]
         acc = final_values(by_fam[fam])
         for gi, g in enumerate(gains):
             for a in ARCHS:
-                vals = [np.asarray(acc[cell(a, int(d), g)], dtype=float) for d in cfg["depths"]]
-                m = [np.nanmean(v) for v in vals]
-                s = [np.nanstd(v, ddof=1) if v.size > 1 else 0.0 for v in vals]
-                ax.errorbar(cfg["depths"], m, yerr=s, color=color_for(a), ls=FAMILY_STYLE[fam],
+                m, half, _ = mean_ci(np.array([acc[cell(a, int(d), g)] for d in cfg["depths"]], dtype=float), axis=1)
+                ax.errorbar(cfg["depths"], m, yerr=half, color=color_for(a), ls=FAMILY_STYLE[fam],
                             marker=markers[gi % len(markers)], capsize=3, label=f"{a}, gain {g:g}")
-        ax.set_xticks([int(d) for d in cfg["depths"]])
-        ax.set_xlabel("depth (hidden layers)")
-        ax.set_ylabel("final training accuracy")
-        ax.set_title(f"{fam} init: accuracy per architecture (mean ± std, n={n})", fontsize=10)
-        ax.grid(alpha=0.3)
-        legend_outside(ax)
+        _dress(ax, cfg, "final training accuracy", f"{fam} init: accuracy per architecture (mean ± 95% CI, n={n})")
     for ax in axes[ncol + len(fams):]:
         ax.set_visible(False)
     save_figure(fig, out, "skip_benefit")
     return "skip_benefit"
+
+
+def _dress(ax, cfg: dict, ylabel: str, title: str) -> None:
+    ax.set_xticks([int(d) for d in cfg["depths"]])
+    ax.set_xlabel("depth (hidden layers)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
