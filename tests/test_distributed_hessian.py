@@ -19,6 +19,8 @@ from skipkern.hessian import HessianOperator, spectral_density, top_eigenvalues,
 from skipkern.nn import SkipMLP
 from tests.dist_utils import run_ranks
 
+pytestmark = pytest.mark.slow  # each test launches processes
+
 SHARDS = (7, 5, 4)  # uneven: the global mean must weight the ranks by their rows
 BATCH = 3           # batches of 3 inside each shard: ragged last batches as well
 DENSITY = dict(num_probes=3, num_steps=12, seed=5, progress=False)
