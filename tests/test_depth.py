@@ -80,3 +80,13 @@ def test_tiny_recipe_writes_its_files(tmp_path):
     assert {f["family"] for f in res["findings"]} == {"glorot", "scaled"}
     assert len(res["conv"]["rows"]) == 4 and all(len(r["init"]["log10_condition"]) == r["blocks"]
                                                  for r in res["conv"]["rows"])
+
+
+def test_singular_layers_are_attributed_to_dead_units():
+    rec = _record(0, [1.0, math.inf], [1.0, math.inf])
+    for h in rec["history"]:  # layer 2: width 4, rank 3, one dead unit -> its deficit is the dead unit
+        h["diagnostics"]["condition_numbers"]["arrays"].update(width=[4, 4], rank=[4, 3])
+        h["diagnostics"]["elimination"] = {"arrays": {"dead_units": [0, 1]}}
+    assert depth._row("glorot", "plain", 2, rec, cap=8.0)["singular_by_dead_units_trained"] == 1
+    rec["history"][-1]["diagnostics"]["elimination"]["arrays"]["dead_units"] = [0, 0]
+    assert depth._row("glorot", "plain", 2, rec, cap=8.0)["singular_by_dead_units_trained"] == 0

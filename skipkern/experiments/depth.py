@@ -60,15 +60,20 @@ def _layers(rec: dict, last: bool, cap: float) -> dict:
     """Per-layer numbers of one run at initialisation (last False) or after training (last True)."""
     from skipkern.experiments.runs import diag_series
     out = {}
-    for key in ("log10_condition", "rank", "singular"):
-        ser = diag_series(rec, "condition_numbers", key)
+    for name, key in (("condition_numbers", "log10_condition"), ("condition_numbers", "rank"),
+                      ("condition_numbers", "singular"), ("condition_numbers", "width"), ("elimination", "dead_units")):
+        ser = diag_series(rec, name, key)
         if not ser:
+            if key in ("width", "dead_units"):  # older records: no rank-deficit attribution
+                continue
             return {}
         out[key] = np.asarray(ser[max(ser) if last else min(ser)], dtype=float)
     lg = out["log10_condition"]
     out["capped"] = np.where(np.isnan(lg), np.nan, np.where(np.isfinite(lg), np.minimum(lg, cap), cap))
     sing = out["singular"] > 0
     out["first_singular"] = int(np.argmax(sing)) + 1 if sing.any() else 0
+    if "width" in out and "dead_units" in out:  # singular layers whose rank deficit is exactly their dead units
+        out["dead_explained"] = int(np.sum(sing & (out["width"] - out["rank"] == out["dead_units"])))
     return out
 
 
@@ -83,6 +88,7 @@ def _row(fam: str, arch: str, depth: int, rec: dict, cap: float) -> dict:
             "log10_cond_last_init": float(i["capped"][-1]) if i else math.nan,
             "log10_cond_last_trained": float(f["capped"][-1]) if f else math.nan,
             "min_rank_trained": int(np.min(f["rank"])) if f else -1,
+            "singular_by_dead_units_trained": f.get("dead_explained", -1) if f else -1,
             "_init": i.get("capped"), "_trained": f.get("capped"), "elapsed_s": rec.get("elapsed_s")}
 
 
@@ -143,8 +149,8 @@ def run(ctx: Context, cfg: dict) -> dict:
               for r in rows for i in range(r["depth"])]
     write_csv(out / "depth_layers.csv", layers)
     sections = [{"title": "Condition numbers of hidden representations in very deep nets (after Oyedotun et al. 2022)",
-                 "text": (f"One panel per depth; thin lines: single nets, at initialisation (dashed) and after "
-                          f"{cfg['steps']} steps (solid); numerically singular layers at the cap ({cap:g}). "
+                 "text": (f"One panel per depth; top row at initialisation, bottom row after {cfg['steps']} steps; one "
+                          f"line per net; numerically singular layers drawn at the cap ({cap:g}). "
                           f"Convolutional nets on {conv['data']}: block outputs flattened as channels "
                           f"({conv['eval_rows']:,} rows of {conv['channels']} channels). Per-net numbers: depth.csv; "
                           "per-layer numbers: depth_layers.csv."), "figures": figs[len(by_family):]}]
@@ -179,6 +185,12 @@ def _evidence(cfg: dict, fam: str, rows: list, depths: list) -> str:
                         + f", {sum(r['singular_layers_init'] > 0 for r in rs)}/{len(rs)} at init, train acc "
                         + f"{100 * np.nanmean([r['final_train_acc'] for r in rs]):.0f}%")
         parts.append(f"Depth {d}: " + "; ".join(bits) + ".")
+    sing = sum(r["singular_layers_trained"] for r in rows if r["arch"] == "plain" and r["singular_layers_trained"] > 0)
+    dead = sum(max(r["singular_by_dead_units_trained"], 0) for r in rows if r["arch"] == "plain")
+    if sing:
+        parts.append(f"In the plain nets, {dead} of {sing} numerically singular layers (after training) lose exactly as "
+                     "many dimensions as they have dead ReLU units (never active on the batch): their singularity is "
+                     "an elimination singularity.")
     return " ".join(parts)
 
 

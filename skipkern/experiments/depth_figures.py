@@ -40,7 +40,7 @@ def condition_figure(out, fam: str, depths: list, rows: list, cfg: dict) -> str:
             ax.set_ylabel("log10 condition number")
             ax.set_title(f"depth {d}, {when}", fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=7, loc="center right")
     fig.suptitle(f"{fam} init: log10 condition number of each hidden representation [{cfg['diag_batch']} x "
                  f"{cfg['width']}]; triangles at {cap:g} (dotted): numerically singular", fontsize=9)
     stem = f"depth_condition_{fam}"
