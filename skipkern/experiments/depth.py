@@ -189,8 +189,8 @@ def _evidence(cfg: dict, fam: str, rows: list, depths: list) -> str:
     dead = sum(max(r["singular_by_dead_units_trained"], 0) for r in rows if r["arch"] == "plain")
     if sing:
         parts.append(f"In the plain nets, {dead} of {sing} numerically singular layers (after training) lose exactly as "
-                     "many dimensions as they have dead ReLU units (never active on the batch): their singularity is "
-                     "an elimination singularity.")
+                     "many dimensions as they have dead ReLU units (never active on the batch: an elimination "
+                     "singularity); in the others live units are linearly dependent as well.")
     return " ".join(parts)
 
 
