@@ -98,6 +98,7 @@ def conv_figure(out, conv: dict, cfg: dict) -> str:
                 for when, ls in (("init", "--"), ("trained", "-")):
                     v = np.asarray([cap if not np.isfinite(t) else min(t, cap) for t in r[when]["log10_condition"]])
                     ax.plot(np.arange(1, v.size + 1), v, color=color_for(a), ls=ls, marker="o", ms=3,
+                            mfc="none" if when == "init" else color_for(a),
                             label=f"{a}, {when} (acc {100 * r['train_acc']:.0f}%)" if k == 0 and when == "trained"
                             else (f"{a}, init" if k == 0 else None))
         _cap_line(ax, cap)

@@ -90,3 +90,10 @@ if len(set(_KEYS)) != len(_KEYS):  # an import-time check: registry keys name ou
 def predictions_for(result) -> list:
     """The registered predictions of one paper result (in registry order)."""
     return [p for p in PREDICTIONS if p.result == result]
+
+
+# The predictions of the experiments after the neighbouring papers (connectivity, symmetry, depth), registered
+# in their own file before their runs; listed here so that the report shows them with the others.
+from skipkern.experiments.neighbour_predictions import NEIGHBOUR_PREDICTIONS  # noqa: E402
+
+PREDICTIONS += NEIGHBOUR_PREDICTIONS
