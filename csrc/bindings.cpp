@@ -5,9 +5,11 @@ namespace py = pybind11;
 
 void register_skip_linear(py::module_& m);  // csrc/skip_linear.cpp
 void register_rop_epilogue(py::module_& m);  // csrc/rop_epilogue.cpp
+void register_rop_layer(py::module_& m);  // csrc/rop_layer.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "skipkern CPU kernels (C++/OpenMP, raw pointers)";
   register_skip_linear(m);
   register_rop_epilogue(m);
+  register_rop_layer(m);
 }

@@ -6,7 +6,9 @@ A product of k directions holds (bytes of the product dtype unless said otherwis
   dtype (P) and ONE snapshot of the parameters and fixed skip/hyper matrices (their own dtype),
   against which the cache is checked once per batch;
 - per row of a chunk, the workspace: the [n, k, width] R-tensors of every layer (R h_l, act'' R z
-  for smooth activations, the hyper sums, three backward buffers and the loss-Hessian temporaries);
+  for smooth activations, the hyper sums, four backward buffers and the loss-Hessian temporaries);
+- the C++ R-layers' scratch (skipkern.hessian.hvp_cpu; grow-only, kept by the calling thread): packed
+  directions (k times a layer's parameters) and, per row, (threads + 2) x 2 widths of packed operands;
 - per row of a chunk, the primal pass: the inputs [h_l, 1], act'(z_l), act''(z_l), d loss/d z_l,
   d loss/d h_l, softmax and row weights, and the chunk's inputs and targets (the snapshot the cache
   compares against: the data is checked by value, so a batch moved to the device or dtype again, or
@@ -64,9 +66,11 @@ def footprint(layers: list[dict], k: int, P: int, isz: int, state_bytes: int) ->
     hyper = any(L["p"] is not None for L in layers)
     C, max_k = Ns[-1], max(Ks[1:] or [1])
     layer_params = sum(N * (K + 1) for N, K in zip(Ns, Ks))
-    fixed = isz * (2 * k * layer_params + k * P + 2 * k * max(N * K for N, K in zip(Ns, Ks)) + layer_params)
+    widest = max(N * (K + 1) for N, K in zip(Ns, Ks))
+    fixed = isz * (2 * k * layer_params + k * P + 4 * k * widest + layer_params)
     fixed += state_bytes
-    ws_row = isz * k * (sum(Ns) + smooth + (2 * max(Ns[:-1] or [1]) if hyper else 0) + 3 * max_k + 3 * C)
+    ws_row = isz * k * (sum(Ns) + smooth + (2 * max(Ns[:-1] or [1]) if hyper else 0) + 4 * max_k + 3 * C)
+    ws_row += isz * (torch.get_num_threads() + 2) * 2 * max(Ns + Ks)
     primal_row = isz * (sum(K + 1 for K in Ks) + 2 * sum(Ns[:-1]) + smooth + sum(Ks[1:]) + 3 * C + 2) + 8 * C
     return fixed, ws_row, primal_row
 

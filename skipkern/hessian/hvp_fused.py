@@ -24,10 +24,12 @@ per product (or none when cached). The elementwise passes on the [n, k, width] b
 masks, identity skip and hyper-sum adds; R delta = R g act' + g act'' R z) are one pass each through the
 op skipkern.ops.rop_epilogue (cpp / triton kernels, torch reference in skipkern.ops.rop_epilogue_reference),
 resolved once per product: ``epilogue_backend``, else SKIPKERN_BACKEND, else auto (cpp on CPU tensors,
-triton on CUDA, torch otherwise). The GEMMs are torch's.
+triton on CUDA, torch otherwise). The GEMMs are torch's, except on CPU tensors of plain and residual nets,
+where skipkern's C++ R-layers run each layer's GEMMs and epilogue fused (skipkern.hessian.hvp_cpu).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Optional, Sequence
 
@@ -37,11 +39,14 @@ from torch import Tensor, nn
 
 from skipkern import backends
 from skipkern.hessian.fused_memory import PrimalCache, footprint, tensor_bytes
+from skipkern.hessian.hvp_cpu import cpu_layers_reason, rop_chunk_cpu
 from skipkern.nn.skip_mlp import SkipMLP
 from skipkern.ops import rop_epilogue
 from skipkern.reference import activation_grad_ref, activation_ref
 
 __all__ = ["FusedHVP", "supports", "loss_spec"]
+
+log = logging.getLogger("skipkern")
 
 _SMOOTH = ("tanh", "gelu")
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -107,7 +112,11 @@ def supports(model: nn.Module, loss_fn: Callable, names: Sequence[str]) -> tuple
 
 
 class FusedHVP:
-    """Batched HVPs of a SkipMLP by the analytic R-op (see module docstring)."""
+    """Batched HVPs of a SkipMLP by the analytic R-op (see module docstring). ``cpu_layers``: "auto"
+    (skipkern's C++ R-layers where they run, skipkern.hessian.hvp_cpu) or "off" (torch GEMMs)."""
+
+    cpu_layers = "auto"
+    _cpu_why = None
 
     def __init__(self, model: SkipMLP, loss_fn: Callable, names: Sequence[str], dtype: torch.dtype,
                  epilogue_backend: Optional[str] = None):
@@ -336,6 +345,13 @@ class FusedHVP:
                key: tuple, room: int) -> Tensor:
         """R-pass of one row chunk for all k directions; accumulates R [dW | db] into ``res``."""
         pr = self._cached_primal(key, x, y, w, layers, room)
+        why = "off" if self.cpu_layers == "off" else cpu_layers_reason(x, self.dtype, layers, self._rop)
+        if why != self._cpu_why:  # log the path once per change
+            self._cpu_why = why
+            log.info("hessian: fused R-pass on %s", "skipkern's C++ R-layers" if not why else f"torch GEMMs ({why})")
+        if not why:
+            rop_chunk_cpu(self, pr, x, layers, dirs, res)
+            return pr["loss"]
         A, D1, D2, GZ, GH = pr["A"], pr["D1"], pr["D2"], pr["GZ"], pr["GH"]
         n, k, Lout = x.shape[0], dirs_k(dirs), len(layers) - 1
         # ---- R-forward into reusable buffers; None stands for an R-tensor that is exactly zero
