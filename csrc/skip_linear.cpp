@@ -16,7 +16,8 @@
 // and, while the chunk is in L2, dx = gz W (+ g, or + g Q as a second stretch of the reduction into the
 // same registers). Then its partial dW = gz^T x over all of its rows, each dW tile reduced in registers
 // and stored once. Partial dW/db are summed over the blocks in block order at the end (no atomics).
-// act'(z) is recomputed from z (no bitmask).
+// act'(z) is recomputed from z (no bitmask). A null dx, dW or db output is not computed: the dx GEMM
+// (the input layer's dx, which nothing uses) or the dW GEMM and its partial sums are skipped.
 //
 // OpenMP may give a region fewer threads than omp_get_max_threads() (OMP_THREAD_LIMIT, OMP_DYNAMIC,
 // nesting): nothing here sizes or indexes scratch by the thread number. Blocks and scratch are fixed
@@ -156,16 +157,17 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
   // dW reduction block: kcb rows of gz (~512 KiB) per pass over the dW tiles.
   const long kcb = std::clamp<long>((512 << 10) / (ldg * long(sizeof(T))) / MR * MR, 4 * MR, 2048);
   const long ldb = round_up(N, V::size);  // per-thread db partials
+  const bool want_dx = dx != nullptr, want_dw = dw != nullptr;
   Scratch& ws = thread_scratch();
-  T* wp = ws.get<T>(0, npk * N * NR);
-  T* qp = DENSE ? ws.get<T>(1, npk * N * NR) : nullptr;
-  const int nt = threads_for(3.0 * M * N * K);
+  T* wp = want_dx ? ws.get<T>(0, npk * N * NR) : nullptr;
+  T* qp = DENSE && want_dx ? ws.get<T>(1, npk * N * NR) : nullptr;
+  const int nt = threads_for((1.0 + want_dx + want_dw) * M * N * K);
   // The partition: nb row blocks of whole MR blocks, fixed here, independent of the team size.
   const int nb = nt;
   const long rows_max = round_up(ceil_div(M, nb), MR);  // most rows a block gets (row_range)
   // Per block: gz of its rows [rows_max, ldg], one packed x panel [kcb, NR], a padded tail of g
   // [MR, N], db partial [ldb], and (blocks > 0) a dW partial [N, K].
-  const std::size_t per_block = rows_max * ldg + kcb * NR + MR * N + ldb + (nb > 1 ? N * K : 0);
+  const std::size_t per_block = rows_max * ldg + kcb * NR + MR * N + ldb + (nb > 1 && want_dw ? N * K : 0);
   T* block_bufs = ws.get<T>(2, nb * per_block);
   auto buf = [&](int blk) { return block_bufs + blk * per_block; };
   auto db_part = [&](int blk) { return buf(blk) + rows_max * ldg + kcb * NR + MR * N; };
@@ -203,6 +205,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
         for (long n = N; n < ldg; ++n) g[n] = T(0);
       }
       // 2) dx = gz W (+ g | + g Q) for the chunk's rows; each W (Q) panel streams past the chunk once.
+      if (!want_dx) continue;
       const long last = (rows - 1) / MR * MR;  // chunk-relative first row of the last MR block
       if (DENSE && rows - last < MR)
         pad_rows(gy + (m_begin + c0 + last) * N, N, int(rows - last), MR, N, tail);
@@ -235,7 +238,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
     }
     // 3) dW (block part) = gz^T x over the block's rows, in blocks of kcb rows whose gz (~512 KiB)
     //    stays in L2 while one packed x panel at a time streams through the register tiles.
-    for (long kb = 0; kb < my_rows; kb += kcb) {
+    for (long kb = 0; want_dw && kb < my_rows; kb += kcb) {
       const long kr = std::min(kcb, my_rows - kb);
       for (long j = 0; j < npk; ++j) {
         pack_panel(x + (m_begin + kb) * K, kr, K, K, j, xpk);
@@ -265,7 +268,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), team = omp_get_num_threads();
-    for (long j = t; j < npk; j += team) {
+    for (long j = t; want_dx && j < npk; j += team) {  // W (Q) panels serve only dx
       pack_panel(w, N, K, K, j, wp + j * N * NR);
       if (DENSE) pack_panel(q, N, K, K, j, qp + j * N * NR);
     }
@@ -275,7 +278,7 @@ void bwd_impl(const T* gy, const T* x, const T* w, const T* zin, const T* q, T* 
     // Add the partial dW of blocks 1.. (those that had rows) into dW, in block order, split by elements.
     const long total = N * K, per = ceil_div(total, team);
     const long e0 = std::min(total, t * per), e1 = std::min(total, e0 + per);
-    for (int u = 1; u < nb; ++u) {
+    for (int u = 1; want_dw && u < nb; ++u) {
       long ub, ue;
       row_range(M, u, nb, MR, &ub, &ue);
       if (ub >= ue) continue;
@@ -297,7 +300,7 @@ void skip_linear_bwd_cpu(const T* gy, const T* x, const T* w, const T* z, const 
                          long K, long N, Skip skip, Act act) {
   if (K < 0 || N <= 0) return;
   if (M <= 0) {  // empty batch: no rows contribute
-    for (long e = 0; e < N * K; ++e) dw[e] = T(0);
+    if (dw) for (long e = 0; e < N * K; ++e) dw[e] = T(0);
     if (db) for (long n = 0; n < N; ++n) db[n] = T(0);
     return;
   }
@@ -334,6 +337,8 @@ void check_args(long M, long K, long N, Skip skip, std::uintptr_t q) {
 void register_skip_linear(py::module_& m) {
   using namespace skipkern;
   m.attr("ABI") = kAbi;
+  // The backward skips a null dx / dW / db (an older build would write through it): launchers check this.
+  m.attr("SKIP_LINEAR_OPTIONAL_GRADS") = 1;
   m.def(
       "skip_linear_fwd_cpu",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
@@ -376,7 +381,7 @@ void register_skip_linear(py::module_& m) {
           throw std::invalid_argument("dtype must be float32 or float64, got " + dtype);
       },
       "Fused backward on raw pointers: gz = g * act'(z); dx = gz W + S^T(g); dW = gz^T x; db = sum_rows gz "
-      "(db = 0 skips it). Shapes as the forward; dx [M,K], dW [N,K], db [N].",
+      "(a 0 pointer for dx, dW or db skips that output). Shapes as the forward; dx [M,K], dW [N,K], db [N].",
       py::arg("dtype"), py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("z"), py::arg("q"),
       py::arg("dx"), py::arg("dw"), py::arg("db"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("skip"),
       py::arg("activation"));

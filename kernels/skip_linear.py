@@ -207,8 +207,9 @@ def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
                     q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool,
-                    blocks: Optional[tuple] = None, split: Optional[int] = None, precision: Optional[str] = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+                    blocks: Optional[tuple] = None, split: Optional[int] = None, precision: Optional[str] = None,
+                    needs_dx: bool = True, needs_dw: bool = True
+                    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Fused backward with gz = grad_y * act'(z): dx = gz W + S^T(grad_y), dW = gz^T x, db = colsum(gz).
 
     Args:
@@ -219,17 +220,19 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
         split: number of batch slices for the dW/db reduction (default: 1 in the interpreter, else enough
             programs for the GPU); slices > 1 go through an fp32/fp64 workspace summed by torch.
         precision: fp32 dots, as in skip_linear_fwd.
+        needs_dx: False launches no dx kernel (the input layer's dx, which nothing uses); dx is None.
+        needs_dw: False returns dW as None; the dW kernel still runs for db when has_bias, else not at all.
 
     Returns:
-        (dx [B, K], dW [N, K], db [N] or None), contiguous, dtype of x.
+        (dx [B, K] or None, dW [N, K] or None, db [N] or None), contiguous, dtype of x.
     """
     m, k, n = _check(x, weight, q, skip, grad_y=grad_y, z=z)
     dtype = x.dtype
     dev = x.device
-    dx = torch.empty((m, k), dtype=dtype, device=dev)
+    dx = torch.empty((m, k), dtype=dtype, device=dev) if needs_dx else None
     qq = q if q is not None else weight
     prec = dot_precision(dtype, precision)
-    if m > 0 and k > 0:
+    if needs_dx and m > 0 and k > 0:
         if n == 0:
             dx.zero_()
         else:
@@ -238,10 +241,10 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
             consts = dict(ACTIVATION=activation, SKIP=skip, DOT_PRECISION=prec)
             _configure("dx", (m, n, k, skip), m, k, dtype, dev, blocks, lambda cfg: _launch_2d(
                 "dx", (m, k), cfg, args, consts))
-    dw = torch.empty((n, k), dtype=dtype, device=dev)
+    dw = torch.empty((n, k), dtype=dtype, device=dev) if needs_dw or has_bias else None
     db = torch.empty((n,), dtype=dtype, device=dev) if has_bias else None
-    if n == 0 or (k == 0 and not has_bias):
-        return dx, dw, db
+    if n == 0 or (k == 0 and not has_bias) or dw is None:
+        return dx, (dw if needs_dw else None), db
     if split is None:
         split = _dw_split(m, n, k, dtype, dev)
     if not isinstance(split, int) or split < 1:
@@ -263,10 +266,11 @@ def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _configure("dw", (m, n, k, split), n, kk, dtype, dev, blocks, lambda cfg: _launch_2d(
         "dw", (n, kk, split), cfg, args, consts))
     if split > 1:
-        dw.copy_(dw_out.sum(0))
+        if needs_dw:
+            dw.copy_(dw_out.sum(0))
         if has_bias:
             db.copy_(db_out.sum(0))
-    return dx, dw, db
+    return dx, (dw if needs_dw else None), db
 
 
 def _launch_2d(kind: str, grid_dims: tuple, cfg: tuple, args: tuple, consts: dict) -> None:

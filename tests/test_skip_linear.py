@@ -184,9 +184,13 @@ def test_gradcheck_gradgradcheck(backend, skip, activation):
 def test_opcheck(backend):
     require(backend, "skip_linear", "cpu", F32)
     x, w, b, q = torch.randn(4, 5), torch.randn(6, 5), torch.randn(6), torch.randn(6, 5)
-    torch.library.opcheck(torch.ops.skipkern.skip_linear_fwd, (x, w, b, q, SK["dense"], AC["relu"], backend))
+    torch.library.opcheck(torch.ops.skipkern.skip_linear_fwd, (x, w, b, q, SK["dense"], AC["relu"], backend, "ieee"))
     g, z = torch.randn(4, 6), torch.randn(4, 6)
-    torch.library.opcheck(torch.ops.skipkern.skip_linear_bwd, (g, x, w, z, q, SK["dense"], AC["gelu"], True, backend))
+    combos = ((True, False, True),) if backend == "triton" else ((True, True, True), (True, False, True),
+                                                                  (False, True, False))  # the interpreter is slow
+    for has_bias, needs_dx, needs_dw in combos:
+        torch.library.opcheck(torch.ops.skipkern.skip_linear_bwd, (g, x, w, z, q, SK["dense"], AC["gelu"], has_bias,
+                                                                   needs_dx, needs_dw, backend, "auto"))
 
 
 @pytest.mark.parametrize("backend", backend_params("cpu"))
@@ -212,11 +216,125 @@ def test_op_strides_leading_dims_empty_nan(backend):
     assert torch.isnan(yn[1]).all() and torch.isfinite(yn[[0, 2]]).all(), "NaN must propagate like torch.relu"
 
 
+# ------------------------------------------------------------------------ only the gradients autograd needs
+# (x, W, b).requires_grad; the first is the input layer of a net fed with data (no dx wanted).
+NEEDS = ((True, True, True), (False, True, True), (True, False, False), (False, False, True), (False, True, False))
+
+
+def _spy_backward(backend: str, monkeypatch) -> list:
+    """Per backward call of ``backend``, the set of the big products its kernels were asked for: "dx" and
+    "dw" (cpp: non-null output pointers of the C++ kernel; triton: the dx / dW kernels launched, the dW
+    kernel also serving db; torch: the reference's needs_dx / needs_dw)."""
+    calls: list = []
+    if backend == "cpp":
+        from skipkern.backends import cpp as mod
+        real = mod._C
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def skip_linear_bwd_cpu(self, *a):  # (dtype, gy, x, w, z, q, dx, dw, db, M, K, N, skip, act)
+                calls.append({n for n, ptr in (("dx", a[6]), ("dw", a[7])) if ptr})
+                return real.skip_linear_bwd_cpu(*a)
+        monkeypatch.setattr(mod, "_C", Spy())
+    elif backend == "triton":
+        from skipkern.kernels import skip_linear as ks
+        real_bwd, real_launch = ks.skip_linear_bwd, ks._launch_2d
+
+        def bwd(*a, **kw):
+            calls.append(set())
+            return real_bwd(*a, **kw)
+
+        def launch(kind, *a, **kw):
+            calls[-1].add(kind)
+            return real_launch(kind, *a, **kw)
+        monkeypatch.setattr(ks, "skip_linear_bwd", bwd)
+        monkeypatch.setattr(ks, "_launch_2d", launch)
+    else:
+        from skipkern.backends import torch_backend as mod
+        real_ref = mod.skip_linear_bwd_ref
+
+        def ref(*a):  # (grad_y, x, weight, z, q, skip, activation, has_bias, needs_dx, needs_dw)
+            calls.append({n for n, need in (("dx", a[8]), ("dw", a[9])) if need})
+            return real_ref(*a)
+        monkeypatch.setattr(mod, "skip_linear_bwd_ref", ref)
+    return calls
+
+
+@pytest.mark.parametrize("needs", NEEDS, ids=lambda n: "".join("xwb"[i] if r else "-" for i, r in enumerate(n)))
+@pytest.mark.parametrize("backend", backend_params("cpu"))
+def test_backward_computes_only_needed_gradients(backend, needs, monkeypatch):
+    """The gradients equal the reference's, and the kernels compute no dx for an x that needs none (nor
+    dW for a frozen W): the launchers receive needs_dx / needs_dw from ctx.needs_input_grad."""
+    require(backend, "skip_linear", "cpu", F64)
+    calls = _spy_backward(backend, monkeypatch)
+    x, w, bias, q, g = skip_linear_inputs(37, 20, 20, "dense")
+    for skip_arg in ("identity", q):
+        leaves = [t.clone().requires_grad_(r) for t, r in zip((x, w, bias), needs)]
+        want = [t for t in leaves if t.requires_grad]
+        got = torch.autograd.grad(skip_linear(*leaves, skip_arg, "gelu", backend=backend), want, g)
+        ref = torch.autograd.grad(skip_linear_composite(*leaves, skip_arg, "gelu"), want, g)
+        for a, r in zip(got, ref):
+            assert_close(a, r, F64, f"{backend} needs={needs}")
+        expect = {"dx"} if needs[0] else set()
+        if needs[1] or (backend == "triton" and needs[2]):  # Triton's dW kernel also sums db
+            expect.add("dw")
+        assert calls[-1] == expect, (skip_arg if isinstance(skip_arg, str) else "dense", calls)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("backend,device", launcher_params())
+def test_launchers_skip_unneeded_outputs(backend, device):
+    """Every launcher: needs_dx / needs_dw False return None there and the same dW / db / dx otherwise."""
+    require(backend, "skip_linear", device, F64)
+    from skipkern.ops.skip_linear_reference import skip_linear_bwd_ref
+    mod = skipkern.backends.launcher(backend)
+    x, w, bb, q, gy = (cast(t, F64, device) for t in skip_linear_inputs(37, 33, 20, "dense"))
+    _, z = mod.skip_linear_fwd(x, w, bb, q, SK["dense"], AC["tanh"])
+    ref = skip_linear_bwd_ref(gy, x, w, z, q, "dense", "tanh", True)
+    for has_bias, needs_dx, needs_dw in ((True, False, True), (True, True, False), (True, False, False),
+                                         (False, False, True)):
+        got = mod.skip_linear_bwd(gy, x, w, z, q, SK["dense"], AC["tanh"], has_bias, needs_dx, needs_dw)
+        for name, a, r, need in zip(("dx", "dW", "db"), got, ref, (needs_dx, needs_dw, has_bias)):
+            if need:
+                assert_close(a, r, F64, f"{backend} {name}", terms=37)
+            else:
+                assert a is None, f"{backend}: {name} was not asked for"
+
+
+def _double_backward_params():
+    return [pytest.param(b, id=b, marks=[pytest.mark.slow] if b == "triton" else [])
+            for b in [p.values[0] for p in backend_params("cpu")]]
+
+
+@pytest.mark.parametrize("backend", _double_backward_params())
+def test_gradgradcheck_when_some_inputs_need_no_gradient(backend):
+    """Double backward (the Hessian-vector products of the spectra) through a layer whose x is data, and
+    through one whose weights are frozen."""
+    require(backend, "skip_linear", "cpu", F64)
+    x, w, bias, q, _ = skip_linear_inputs(3, 4, 4, "dense", seed=2)
+    for s, act in (("identity", "tanh"), (q, "gelu")):
+        f = lambda ww, bb: skip_linear(x, ww, bb, s, act, backend=backend)  # noqa: E731
+        args = (w.clone().requires_grad_(), bias.clone().requires_grad_())
+        assert torch.autograd.gradcheck(f, args) and torch.autograd.gradgradcheck(f, args)
+        h = lambda xx: skip_linear(xx, w, bias, s, act, backend=backend)  # noqa: E731
+        xa = (x.clone().requires_grad_(),)
+        assert torch.autograd.gradcheck(h, xa) and torch.autograd.gradgradcheck(h, xa)
+    assert skipkern.backends.last_used("skip_linear") == backend
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
     x, w, b = torch.randn(6, 8), torch.randn(8, 8), torch.randn(8)
     f = torch.compile(lambda t: skip_linear(t, w, b, "identity", "relu"), fullgraph=True)
     torch.testing.assert_close(f(x), skip_linear_composite(x, w, b, "identity", "relu"))
+    # backward through the compiled graph with a data input: dW and db only, as in eager
+    wr = w.clone().requires_grad_()
+    g = torch.compile(lambda t, ww: skip_linear(t, ww, b, "identity", "gelu", precision="ieee"), fullgraph=True)
+    got = torch.autograd.grad(g(x, wr).square().sum(), wr)[0]
+    ref = torch.autograd.grad(skip_linear_composite(x, wr, b, "identity", "gelu").square().sum(), wr)[0]
+    torch.testing.assert_close(got, ref)
 
 
 def test_dense_skip_gradient_when_q_requires_grad():

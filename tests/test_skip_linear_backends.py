@@ -292,3 +292,74 @@ def test_cuda_supports_reports_limits():
     assert not ok and "width" in reason
     assert not mod.supports("skip_linear", "cpu", F32, ((2, 3), (4, 3)))[0]
     assert mod.supports("skip_linear", "cuda", torch.bfloat16, ((500, 128), (128, 128)))[0]
+
+
+# ---------------------------------------------------------------------------------- precision argument
+def _precision_params():
+    return [pytest.param(b, id=b) for b in ("torch", "cpp", "triton")]
+
+
+@pytest.mark.parametrize("backend", _precision_params())
+def test_precision_argument_per_backend(backend, monkeypatch):
+    """precision=None / "auto" / "ieee" run everywhere with the same result here (IEEE on the CPU, the
+    interpreter included); "tf32" reaches Triton's launchers, forward and backward, and is refused naming
+    the argument by the backends that cannot honour it; any other value is refused at the entry."""
+    from skipkern.ops import skip_linear
+    from skipkern.reference import skip_linear_composite
+
+    require(backend, "skip_linear", "cpu", F32)
+    x, w, bias, q, g = (cast(t, F32) for t in skip_linear_inputs(9, 6, 5, "dense"))
+    w.requires_grad_()
+    ref = torch.autograd.grad(skip_linear_composite(x, w, bias, q, "gelu"), w, g)[0]
+    seen = []
+    if backend == "triton":
+        from skipkern.kernels import skip_linear as ks
+        for name in ("skip_linear_fwd", "skip_linear_bwd"):
+            real = getattr(ks, name)
+            monkeypatch.setattr(ks, name, lambda *a, _r=real, _n=name, **kw: seen.append((_n, kw["precision"]))
+                                or _r(*a, **kw))
+    for precision in (None, "auto", "ieee") + (("tf32",) if backend == "triton" else ()):
+        got = torch.autograd.grad(skip_linear(x, w, bias, q, "gelu", backend=backend, precision=precision), w, g)[0]
+        assert_close(got, ref.double(), F32, f"{backend} precision={precision}", terms=9)
+    if backend == "triton":
+        assert seen[-2:] == [("skip_linear_fwd", "tf32"), ("skip_linear_bwd", "tf32")], seen
+    else:
+        with pytest.raises(ValueError, match=f"precision='tf32' cannot be honoured by the {backend} backend"):
+            skip_linear(x, w, bias, q, "gelu", backend=backend, precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        skip_linear(x, w, bias, q, "gelu", backend=backend, precision="fp16")
+
+
+def test_precision_refusals_without_a_gpu(monkeypatch):
+    """Pure Python: the cuda backend's SIMT kernels have no TF32 path; the torch backend's "ieee" needs torch's
+    fp32 matmuls at "highest"."""
+    from skipkern.backends import cuda as cuda_mod
+    from skipkern.backends import torch_backend
+
+    assert cuda_mod.check_precision("ieee", F32) == "ieee" and cuda_mod.check_precision(None, F32) == "auto"
+    with pytest.raises(ValueError, match="precision='tf32' cannot be honoured by the cuda backend.*backend='triton'"):
+        cuda_mod.check_precision("tf32", F32)
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with pytest.raises(ValueError, match="set_float32_matmul_precision"):
+            torch_backend.check_precision("ieee", F32)
+        assert torch_backend.check_precision("ieee", F64) == "ieee"  # fp64 matmuls are fp64 whatever the setting
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def test_modules_pass_precision_through():
+    """SkipLinear / SkipMLP hand ``precision`` to every call; SkipMLP's setter updates every layer."""
+    from skipkern.nn import SkipLinear, SkipMLP
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SkipLinear(4, 4, precision="half")
+    model = SkipMLP(6, 8, 3, 2, precision="ieee", backend="torch")
+    assert model.precision == "ieee" and {layer.precision for layer in model.layers} == {"ieee"}
+    model.precision = "tf32"
+    assert {layer.precision for layer in model.layers} == {"tf32"}
+    with pytest.raises(ValueError, match="precision='tf32' cannot be honoured by the torch backend"):
+        model(torch.randn(3, 6))
+    model.precision = None
+    assert model(torch.randn(3, 6)).shape == (3, 2)

@@ -54,6 +54,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   using namespace skipkern::cuda;
   m.doc() = "skipkern CUDA kernels (raw device pointers + stream)";
   m.attr("ABI") = kAbi;
+  // The backward skips a null dx / dW / db (an older build would write through it): launchers check this.
+  m.attr("SKIP_LINEAR_OPTIONAL_GRADS") = 1;
   m.def(
       "skip_linear_fwd_cuda",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t q,
@@ -85,7 +87,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::gil_scoped_release nogil;
         bwd_dispatch(dt, gy, x, w, z, q, dx, dw, db, workspace, m_, k_, n_, sk, ac, stream);
       },
-      "Fused backward: dx = gz W + S^T(g), dW = gz^T x, db = colsum(gz) (db = 0 skips it), gz = g act'(z). "
+      "Fused backward: dx = gz W + S^T(g), dW = gz^T x, db = colsum(gz), gz = g act'(z); a 0 pointer for dx, "
+      "dW or db skips that output (dW = db = 0 skips the dW GEMM). "
       "workspace: skip_linear_bwd_cuda_workspace_bytes(...) bytes of device memory.",
       py::arg("dtype"), py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("z"), py::arg("q"),
       py::arg("dx"), py::arg("dw"), py::arg("db"), py::arg("workspace"), py::arg("M"), py::arg("K"), py::arg("N"),

@@ -59,8 +59,9 @@ cudaError_t skip_linear_bwd_cuda(const T* gy, const T* x, const T* w, const T* z
   if (N == 0) return cudaSuccess;
   if (cdiv(K, BN) > 65535 || cdiv(N, BN) > 65535) return cudaErrorInvalidValue;
   const bool dense = skip == Skip::kDense;
-  // dx = gz W (+ g Q as a second stretch of the same reduction) (+ g in the epilogue).
-  if (M > 0 && K > 0) {
+  // dx = gz W (+ g Q as a second stretch of the same reduction) (+ g in the epilogue); a null dx (the
+  // input layer's, which nothing uses) skips this GEMM.
+  if (dx && M > 0 && K > 0) {
     const int P = dense ? 2 * N : N;
     const GradA<T, A> la{gy, z, M, N, act, dense};
     const WeightsB<T, A> lb{w, dense ? q : nullptr, N, K};
@@ -70,7 +71,9 @@ cudaError_t skip_linear_bwd_cuda(const T* gy, const T* x, const T* w, const T* z
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  // dW = gz^T x and db = colsum(gz): batch split into partial sums, then one reduction.
+  // dW = gz^T x and db = colsum(gz): batch split into partial sums, then one reduction. Skipped when
+  // neither is wanted; db alone still runs the dW GEMM (its partials come from the same A tiles).
+  if (!dw && !db) return cudaSuccess;
   const int splits = bwd_splits(M, K, N, sm_count);
   const int p_per = cdiv(cdiv(std::max(M, 1), splits), BK) * BK;
   A* part = static_cast<A*>(workspace);

@@ -9,7 +9,8 @@
 // recomputed while loading gz) and writing the tile through an epilogue functor:
 //   forward : A = x, B = W^T (and Q^T as a second accumulator set, DUAL), epilogue z = acc + b,
 //             y = act(z) + {0, x, acc_Q}
-//   dx      : A = [gz | g], B = [W ; Q] (one reduction of length N or 2N), epilogue + g for identity
+//   dx      : A = [gz | g], B = [W ; Q] (one reduction of length N or 2N), epilogue + g for identity;
+//             not launched when dx is null (the gradient of an input that needs none)
 //   dW, db  : A = gz^T, B = x, reduction over the batch split across blockIdx.z into a workspace of
 //             partial sums (deterministic, no atomics), db partials from the same A tiles; a small
 //             kernel sums the partials and converts to T.
@@ -236,11 +237,11 @@ gemm_tile_kernel(int P, int p_per, LA la, LB lb, LB lb2, Epi epi, A* rowsum, int
       epi(i0 + ty + r * (BM / TM), j0 + tx + c * (BN / TN), acc[r][c], acc2[r][c], split);
 }
 
-// Sums the split partials of dW [splits, N, K] and db [splits, N], converting to T.
+// Sums the split partials of dW [splits, N, K] and db [splits, N], converting to T (a null dw or db is skipped).
 template <typename T, typename A>
 __global__ void reduce_splits_kernel(const A* part, const A* dbpart, int splits, long long nk, int n, T* dw, T* db) {
   const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < nk; e += stride) {
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; dw && e < nk; e += stride) {
     A s = A(0);
     for (int k = 0; k < splits; ++k) s += part[k * nk + e];
     store_acc(dw + e, s);

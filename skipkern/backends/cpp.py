@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.backends.tensor_checks import check_tensors, ieee_only, skip_linear_sizes
 from skipkern.reference import KERNEL_ABI
 
 try:
@@ -22,7 +22,8 @@ except Exception as exc:  # a missing or broken build must be reported, not rais
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-_KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu", "cpu_kernel_info")
+# SKIP_LINEAR_OPTIONAL_GRADS: the backward skips a null dx / dW (an older build would write through it).
+_KERNELS = ("skip_linear_fwd_cpu", "skip_linear_bwd_cpu", "cpu_kernel_info", "SKIP_LINEAR_OPTIONAL_GRADS")
 _ROP_KERNELS = ("rop_epilogue_fwd_cpu", "rop_epilogue_bwd_cpu")  # checked per op: an old build keeps skip_linear
 _MISSING = [] if _C is None else [k for k in _KERNELS if not hasattr(_C, k)]
 _STALE = _C is not None and getattr(_C, "ABI", 1) != KERNEL_ABI
@@ -59,6 +60,11 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
+def check_precision(precision: Optional[str], dtype: torch.dtype) -> str:
+    """fp32 products here are IEEE: precision None / "auto" / "ieee" pass, "tf32" raises ValueError."""
+    return ieee_only("cpp", precision)
+
+
 def _sizes(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: int) -> tuple[int, int, int]:
     if _C is None:
         raise RuntimeError(f"cpp backend unavailable: {available()[1]}")
@@ -70,12 +76,14 @@ def _ptr(t: Optional[Tensor]) -> int:
 
 
 def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: int,
-                    activation: int) -> tuple[Tensor, Tensor]:
+                    activation: int, precision: Optional[str] = None) -> tuple[Tensor, Tensor]:
     """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (dense skip) or None; contiguous
     CPU float32/float64. skip, activation: codes of skipkern.reference.SKIP_CODES / ACTIVATION_CODES.
+    precision: None / "auto" / "ieee" ("tf32" raises: see check_precision).
 
     Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
     """
+    check_precision(precision, x.dtype)
     b, k, n = _sizes(x, weight, q, skip)
     check_tensors("cpp", (("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k))),
                   _DTYPES)
@@ -89,24 +97,27 @@ def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Option
 
 
 def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: int,
-                    activation: int, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+                    activation: int, has_bias: bool, needs_dx: bool = True, needs_dw: bool = True,
+                    precision: Optional[str] = None) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K]; codes as in skip_linear_fwd.
+    needs_dx / needs_dw False: that output is not computed (the kernel skips its GEMM) and comes back None.
 
-    Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
+    Returns (dx [B, K] or None, dw [N, K] or None, db [N] or None when has_bias is False).
     """
+    check_precision(precision, x.dtype)
     b, k, n = _sizes(x, weight, q, skip)
     check_tensors("cpp", (("x", x, (b, k)), ("grad_y", grad_y, (b, n)), ("weight", weight, (n, k)),
                           ("z", z, (b, n)), ("q", q, (n, k))), _DTYPES)
-    dx = torch.empty(b, k, dtype=x.dtype)
-    dw = torch.empty(n, k, dtype=x.dtype)
+    dx = torch.empty(b, k, dtype=x.dtype) if needs_dx else None
+    dw = torch.empty(n, k, dtype=x.dtype) if needs_dw else None
     db = torch.empty(n, dtype=x.dtype) if has_bias else None
     if n == 0 or b == 0:  # nothing flows back (k == 0 still has a db, computed by the kernel)
-        dx.zero_(), dw.zero_()
-        if db is not None:
-            db.zero_()
+        for t in (dx, dw, db):
+            if t is not None:
+                t.zero_()
         return dx, dw, db
     _C.skip_linear_bwd_cpu(_DTYPES[x.dtype], grad_y.data_ptr(), x.data_ptr(), weight.data_ptr(), z.data_ptr(),
-                           _ptr(q), dx.data_ptr(), dw.data_ptr(), _ptr(db), b, k, n, skip, activation)
+                           _ptr(q), _ptr(dx), _ptr(dw), _ptr(db), b, k, n, skip, activation)
     return dx, dw, db
 
 

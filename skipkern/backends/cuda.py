@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from skipkern.backends.tensor_checks import check_tensors, skip_linear_sizes
+from skipkern.backends.tensor_checks import check_tensors, ieee_only, skip_linear_sizes
 from skipkern.reference import KERNEL_ABI
 
 try:
@@ -34,9 +34,9 @@ def available() -> tuple[bool, str]:
     if _C_cuda is None:
         return False, (f"skipkern._C_cuda not built or not importable ({_IMPORT_ERROR}); it builds only where "
                        f"nvcc and a GPU are present (or SKIPKERN_FORCE_CUDA=1)")
-    if getattr(_C_cuda, "ABI", 1) != KERNEL_ABI:
+    if getattr(_C_cuda, "ABI", 1) != KERNEL_ABI or not hasattr(_C_cuda, "SKIP_LINEAR_OPTIONAL_GRADS"):
         return False, (f"skipkern._C_cuda is a stale build (interface {getattr(_C_cuda, 'ABI', 1)}, expected "
-                       f"{KERNEL_ABI}); rebuild with pip install -e .")
+                       f"{KERNEL_ABI} with optional backward outputs); rebuild with pip install -e .")
     if not torch.cuda.is_available():
         return False, "torch.cuda.is_available() is False (CPU-only torch or no GPU)"
     return True, f"CUDA kernels on {torch.cuda.get_device_name()}"
@@ -59,6 +59,12 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
+def check_precision(precision: Optional[str], dtype: torch.dtype) -> str:
+    """The kernels multiply on the CUDA cores in the accumulator type (no tensor cores), so fp32 is IEEE:
+    precision None / "auto" / "ieee" pass, "tf32" raises ValueError (backend='triton' has TF32)."""
+    return ieee_only("cuda", precision)
+
+
 def _sizes(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: int) -> tuple[int, int, int]:
     ok, reason = available()
     if not ok:
@@ -77,12 +83,14 @@ def _ptr(t: Optional[Tensor]) -> int:
 
 
 def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Optional[Tensor], skip: int,
-                    activation: int) -> tuple[Tensor, Tensor]:
+                    activation: int, precision: Optional[str] = None) -> tuple[Tensor, Tensor]:
     """Fused forward. x [B, K], weight [N, K], bias [N] or None, q [N, K] (dense skip) or None; contiguous,
     one CUDA device. skip, activation: codes of skipkern.reference.SKIP_CODES / ACTIVATION_CODES.
+    precision: None / "auto" / "ieee" ("tf32" raises: see check_precision).
 
     Returns (y [B, N], z [B, N]): z = x W^T + b, y = act(z) + S(x).
     """
+    check_precision(precision, x.dtype)
     b, k, n = _sizes(x, weight, q, skip)
     check_tensors("cuda", (("x", x, (b, k)), ("weight", weight, (n, k)), ("bias", bias, (n,)), ("q", q, (n, k))),
                   _DTYPES)
@@ -98,26 +106,31 @@ def skip_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: Option
 
 
 def skip_linear_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, z: Tensor, q: Optional[Tensor], skip: int,
-                    activation: int, has_bias: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+                    activation: int, has_bias: bool, needs_dx: bool = True, needs_dw: bool = True,
+                    precision: Optional[str] = None) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Fused backward. grad_y, z [B, N]; x [B, K]; weight, q [N, K]; codes as in skip_linear_fwd.
+    needs_dx False: the dx GEMM is not launched and dx comes back None; needs_dw False: dw is None (the dW
+    GEMM still runs for db when has_bias, and not at all otherwise).
 
-    Returns (dx [B, K], dw [N, K], db [N] or None when has_bias is False).
+    Returns (dx [B, K] or None, dw [N, K] or None, db [N] or None when has_bias is False).
     """
+    check_precision(precision, x.dtype)
     b, k, n = _sizes(x, weight, q, skip)
     check_tensors("cuda", (("x", x, (b, k)), ("grad_y", grad_y, (b, n)), ("weight", weight, (n, k)),
                            ("z", z, (b, n)), ("q", q, (n, k))), _DTYPES)
-    dx = torch.empty(b, k, dtype=x.dtype, device=x.device)
-    dw = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    dx = torch.empty(b, k, dtype=x.dtype, device=x.device) if needs_dx else None
+    dw = torch.empty(n, k, dtype=x.dtype, device=x.device) if needs_dw else None
     db = torch.empty(n, dtype=x.dtype, device=x.device) if has_bias else None
     if n == 0 or b == 0:
-        dx.zero_(), dw.zero_()
-        if db is not None:
-            db.zero_()
+        for t in (dx, dw, db):
+            if t is not None:
+                t.zero_()
         return dx, dw, db
     with torch.cuda.device(x.device):
-        nbytes = _C_cuda.skip_linear_bwd_cuda_workspace_bytes(_DTYPES[x.dtype], b, k, n)
+        reduce = dw is not None or db is not None  # the dW GEMM's split partials live in the workspace
+        nbytes = _C_cuda.skip_linear_bwd_cuda_workspace_bytes(_DTYPES[x.dtype], b, k, n) if reduce else 0
         ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
         _C_cuda.skip_linear_bwd_cuda(_DTYPES[x.dtype], grad_y.data_ptr(), x.data_ptr(), weight.data_ptr(),
-                                     z.data_ptr(), _ptr(q), dx.data_ptr(), dw.data_ptr(), _ptr(db), ws.data_ptr(),
+                                     z.data_ptr(), _ptr(q), _ptr(dx), _ptr(dw), _ptr(db), ws.data_ptr(),
                                      b, k, n, skip, activation, torch.cuda.current_stream(x.device).cuda_stream)
     return dx, dw, db

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from skipkern.reference import SKIP_CODES
 
-__all__ = ["check_tensors", "skip_linear_sizes", "DENSE", "IDENTITY"]
+__all__ = ["check_tensors", "skip_linear_sizes", "ieee_only", "DENSE", "IDENTITY"]
 
 IDENTITY, DENSE = SKIP_CODES["identity"], SKIP_CODES["dense"]
 
@@ -76,3 +76,16 @@ def skip_linear_sizes(x: Tensor, weight: Tensor, q: Optional[Tensor], skip: int)
         raise ValueError(f"q must be given exactly when the skip is dense (skip code {skip}, q "
                          f"{'None' if q is None else 'given'})")
     return b, k, n
+
+
+def ieee_only(backend: str, precision: Optional[str]) -> str:
+    """The ``precision`` argument for a backend whose fp32 products are always IEEE: None / "auto" and "ieee"
+    pass (returned normalised), "tf32" raises ValueError naming the argument and the ways out."""
+    from skipkern.kernels.precision import check_precision  # torch only: no triton import
+
+    p = check_precision(precision)
+    if p == "tf32":
+        raise ValueError(f"precision='tf32' cannot be honoured by the {backend} backend: its fp32 products are "
+                         f"IEEE (no TF32 path); pass precision=None or 'ieee', or backend='triton' on CUDA "
+                         f"tensors for TF32 tensor-core dots")
+    return p

@@ -2,14 +2,19 @@
 
 Runs CUDA tensors on the GPU, or CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (tests, CI; slow). float32/float64 everywhere; float16/bfloat16
-on the GPU only. fp32 dots use TF32 on the GPU unless ``SKIPKERN_TRITON_TF32=0`` (kernels/precision.py);
+on the GPU only. fp32 dots use TF32 on the GPU unless ``SKIPKERN_TRITON_TF32=0`` or ``precision="ieee"``
+(kernels/precision.py; the interpreter is always IEEE);
 ``SKIPKERN_TRITON_AUTOTUNE=1`` times the GPU tile sizes once per problem shape (kernels/tuning.py).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import logging
+
 import torch
+
+log = logging.getLogger("skipkern")
 
 try:  # a missing or broken triton must show up as a reason, not as an import error of the registry
     import triton as _triton
@@ -64,18 +69,36 @@ def supports(op: str, device_type: str, dtype: torch.dtype, shapes: Sequence) ->
     return True, ""
 
 
+_noted: set = set()
+
+
+def check_precision(precision: Optional[str], dtype: torch.dtype) -> str:
+    """Every precision runs: None / "auto" (TF32 fp32 dots on the GPU unless SKIPKERN_TRITON_TF32=0), "ieee",
+    "tf32". The interpreter computes IEEE fp32 whatever is asked; a "tf32" request there is logged once."""
+    from skipkern.kernels.precision import check_precision as normalise
+
+    p = normalise(precision)
+    if p == "tf32" and _k is not None and _k.INTERPRET and "interp" not in _noted:
+        _noted.add("interp")
+        log.info("skip_linear: precision='tf32' under the Triton interpreter runs IEEE fp32 dots (no TF32 on CPU)")
+    return p
+
+
 def skip_linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], q: Optional[torch.Tensor],
-                    skip: int, activation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y [B, N], z [B, N]) from x [B, K], weight [N, K], bias [N]?, q [N, K]?; skip / activation codes
-    (see kernels.skip_linear)."""
-    return _k.skip_linear_fwd(x, weight, bias, q, skip, activation)
+                    skip: int, activation: int, precision: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [B, N], z [B, N]) from x [B, K], weight [N, K], bias [N]?, q [N, K]?; skip / activation codes;
+    precision of the fp32 dots (see kernels.skip_linear)."""
+    return _k.skip_linear_fwd(x, weight, bias, q, skip, activation, precision=precision)
 
 
 def skip_linear_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
-                    q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """(dx [B, K], dW [N, K], db [N] or None) (see kernels.skip_linear.skip_linear_bwd)."""
-    return _k.skip_linear_bwd(grad_y, x, weight, z, q, skip, activation, has_bias)
+                    q: Optional[torch.Tensor], skip: int, activation: int, has_bias: bool, needs_dx: bool = True,
+                    needs_dw: bool = True, precision: Optional[str] = None
+                    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dx [B, K], dW [N, K], db [N]), None where not needed: needs_dx False launches no dx kernel
+    (see kernels.skip_linear.skip_linear_bwd)."""
+    return _k.skip_linear_bwd(grad_y, x, weight, z, q, skip, activation, has_bias, precision=precision,
+                              needs_dx=needs_dx, needs_dw=needs_dw)
 
 
 # ------------------------------------------------------------------ rop_epilogue (fused R-op elementwise passes)

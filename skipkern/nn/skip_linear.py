@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from skipkern.backends import BACKENDS
+from skipkern.kernels.precision import check_precision
 from skipkern.nn.init import degenerate_orthogonal, glorot_normal_, random_orthogonal
 from skipkern.ops.skip_linear import skip_linear
 from skipkern.reference import activation_code
@@ -24,6 +25,8 @@ class SkipLinear(nn.Module):
             zeroed) or "none".
         bias: learn a bias. activation: "relu", "identity", "tanh", "gelu".
         backend: forced backend for every call ("auto" resolves per call).
+        precision: fp32 products, passed to every call: None / "auto", "ieee" or "tf32" (triton only; see
+            ``skipkern.ops.skip_linear``).
         seed / generator: make Q and the Glorot-normal initial weights reproducible.
 
     Shapes: input [..., in_features] -> output [..., out_features].
@@ -32,8 +35,9 @@ class SkipLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, skip: str = "identity", bias: bool = True,
                  activation: str = "relu", degenerate_fraction: float = 0.5, backend: str = "auto",
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, precision: Optional[str] = None):
         super().__init__()
+        self.precision = check_precision(precision)
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -85,7 +89,7 @@ class SkipLinear(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return skip_linear(x, self.weight, self.bias, self.skip_arg, self.activation, self.backend)
+        return skip_linear(x, self.weight, self.bias, self.skip_arg, self.activation, self.backend, self.precision)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, skip={self.skip!r}, "

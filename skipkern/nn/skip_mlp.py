@@ -21,6 +21,7 @@ from torch import nn
 
 from skipkern.nn.fused_mlp import fused_forward
 from skipkern.nn.init import INITS, glorot_std, hyper_scale, random_orthogonal, scaled_stds
+from skipkern.kernels.precision import check_precision
 from skipkern.nn.skip_linear import SkipLinear
 from skipkern.ops.skip_mlp import check_fused
 
@@ -53,6 +54,8 @@ class SkipMLP(nn.Module):
             layer's), for init-scale sweeps; 1 leaves the family's scheme unchanged.
         fused: None (one fused op per layer) or "mlp" (the whole net in one op, skipkern.nn.fused_mlp;
             where it cannot run, the per-layer path, with the reason logged and kept in ``fused_path``).
+        precision: fp32 products of every layer (and of the whole-MLP op): None / "auto", "ieee" or "tf32"
+            (triton only; see ``skipkern.ops.skip_linear``). Setting ``model.precision`` later updates them.
     """
 
     def __init__(self, in_features: int, width: int, depth: int, out_features: int, arch: str = "residual",
@@ -60,9 +63,10 @@ class SkipMLP(nn.Module):
                  hyper_reduce: str = "mean", hyper_skip: str = "orthogonal",
                  batchnorm_layers: Sequence[int] = (), bias: bool = True, seed: Optional[int] = None,
                  device=None, dtype=None, init: str = "glorot", init_gain: float = 1.0,
-                 fused: Optional[str] = None):
+                 fused: Optional[str] = None, precision: Optional[str] = None):
         super().__init__()
         self.fused = check_fused(fused)
+        precision = check_precision(precision)
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         for name, v in (("in_features", in_features), ("width", width), ("depth", depth),
@@ -86,7 +90,8 @@ class SkipMLP(nn.Module):
             raise ValueError(f"init_gain must be a positive number, got {init_gain!r}")
         self.init, self.init_gain = init, float(init_gain)
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        kw = dict(activation=activation, backend=backend, bias=bias, generator=g, device=device, dtype=dtype)
+        kw = dict(activation=activation, backend=backend, bias=bias, generator=g, device=device, dtype=dtype,
+                  precision=precision)
         layers = [SkipLinear(in_features, width, skip="none", **kw)]
         skip = _ARCH_SKIP[arch]
         for _ in range(depth - 1):
@@ -167,6 +172,17 @@ class SkipMLP(nn.Module):
             hidden.append(h)
         logits = self.layers[-1](h)
         return (logits, hidden) if return_hidden else logits
+
+    @property
+    def precision(self) -> str:
+        """fp32 products of every layer and of the whole-MLP op ("auto", "ieee" or "tf32")."""
+        return self.layers[0].precision
+
+    @precision.setter
+    def precision(self, value: Optional[str]) -> None:
+        value = check_precision(value)
+        for layer in self.layers:
+            layer.precision = value
 
     def _norm(self, i: int, h: torch.Tensor) -> torch.Tensor:
         key = str(i)

@@ -57,14 +57,19 @@ def skip_linear_bwd_ref(
     skip: str,
     activation: str,
     has_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Backward of one skip layer. Returns (dx [B, K], dW [N, K], db [N] or None)."""
+    needs_dx: bool = True,
+    needs_dw: bool = True,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Backward of one skip layer. Returns (dx [B, K], dW [N, K], db [N]); each is None, and not computed,
+    when not asked for (needs_dx, needs_dw, has_bias)."""
     gz = grad_y * activation_grad_ref(z, activation)
-    dx = gz @ weight
-    if skip == "identity":
-        dx = dx + grad_y
-    elif skip == "dense":
-        dx = dx + grad_y @ q
-    dw = gz.transpose(0, 1) @ x
+    dx = None
+    if needs_dx:
+        dx = gz @ weight
+        if skip == "identity":
+            dx = dx + grad_y
+        elif skip == "dense":
+            dx = dx + grad_y @ q
+    dw = gz.transpose(0, 1) @ x if needs_dw else None
     db = gz.sum(0) if has_bias else None
     return dx, dw, db
