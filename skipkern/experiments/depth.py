@@ -115,7 +115,7 @@ def _outcomes(rows: list, depth: int) -> list:
 
 
 def run(ctx: Context, cfg: dict) -> dict:
-    from skipkern.experiments.deep import families_of, run_families, seeds_of, write_outputs
+    from skipkern.experiments.deep import families_of, gates_of, run_families, seeds_of, write_outputs
     from skipkern.experiments.runs import deep_spec
     t0 = time.perf_counter()
     out = ctx.exp_dir(NAME)
@@ -132,9 +132,14 @@ def run(ctx: Context, cfg: dict) -> dict:
         rows += fam_rows
         outs = _outcomes(fam_rows, max(depths))
         verdict, reason = combine(outs)
+        # D1-D3 concern representations, not accuracy, so the learning gate does not void them; a net that
+        # did not learn is still measured "after training", and the caveat says so
+        failed = [g.reason for c, g in gates_of(recs).items() if c.endswith(f"@{max(depths)}") and not g.ok]
+        caveats = _caveats(cfg) + ([f"At depth {max(depths)} the learning gate fails ({'; '.join(failed)}): 'after "
+                                    "training' is then close to 'at initialisation'."] if failed else [])
         findings.append(Finding("depth", CLAIM, verdict, _evidence(cfg, fam, fam_rows, depths), numbers=_numbers(
             fam_rows, depths), figure=f"depth_condition_{fam}", family=fam, reason=reason, outcomes=outs,
-            caveats=_caveats(cfg)))
+            caveats=caveats))
     from skipkern.experiments.depth_conv import conv_study
     from skipkern.experiments.neighbour_stats import threads
     with threads(cfg.get("conv_threads")):  # small convolutions: one thread unless told otherwise
