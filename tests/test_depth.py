@@ -90,3 +90,17 @@ def test_singular_layers_are_attributed_to_dead_units():
     assert depth._row("glorot", "plain", 2, rec, cap=8.0)["singular_by_dead_units_trained"] == 1
     rec["history"][-1]["diagnostics"]["elimination"]["arrays"]["dead_units"] = [0, 0]
     assert depth._row("glorot", "plain", 2, rec, cap=8.0)["singular_by_dead_units_trained"] == 0
+
+
+@pytest.mark.slow
+def test_conv_study_reads_cifar_from_the_data_dir(tmp_path):
+    from skipkern.data import write_cifar_folder
+    from skipkern.experiments.common import Context
+    from skipkern.experiments.depth_conv import conv_study
+    write_cifar_folder(tmp_path, "cifar10", n_train=50, n_test=20)
+    ctx = Context(out=tmp_path / "out", mode="tiny", data="cifar10", data_dir=str(tmp_path), progress=False)
+    cfg = dict(depth.configs({"tiny": {}, "quick": {}, "full": {}})["tiny"], conv_blocks=[1], conv_n_train=50,
+               conv_eval_batch=4, conv_steps=1)
+    res = conv_study(ctx, cfg)
+    assert res["data"] == "cifar10" and res["eval_rows"] == 4 * 32 * 32
+    assert [len(r["trained"]["log10_condition"]) for r in res["rows"]] == [1, 1]
