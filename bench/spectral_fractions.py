@@ -1,0 +1,234 @@
+"""Spectral fractions against exact spectra: error vs Hessian-vector products, and interval coverage.
+
+Hessians: SkipMLP(40 -> width x depth -> 10) of every architecture, at initialisation and after a short
+Adam training on real MNIST-1D batches (skipkern.data.load_dataset("mnist1d")), cross-entropy (mean) over
+``--samples`` training rows; built column by column from skipkern's fused HVP in float64 (checked
+symmetric) and diagonalised by torch.linalg.eigvalsh (the truth). Every method multiplies by the SAME
+float64 matrix (a dense operator), so the HVP counts compare like with like:
+  plain SLQ      skipkern spectral_density, Rademacher probes, no deflation (Gauss point estimate)
+  deflated SLQ   skipkern spectral_density(deflate="auto"): outliers by Lanczos, SLQ on the rest
+  adaptive       skipkern spectral_fraction(tol=...): adds steps/probes until the certified width < tol
+  PyHessian      PyHessian 0.1 density() (its Lanczos code, one probe at a time; torch.eig shimmed by
+                 eigh, its HVP swapped for the dense matrix), fraction from its nodes and weights
+  curvlinops     curvlinops fast_lanczos (Papyan 2020, no reorthogonalisation), fraction from its nodes
+                 and weights (its smoothed density cannot resolve these thresholds at all)
+Lanczos prefixes are Lanczos runs with fewer steps, so one run per method, seed and Hessian gives every
+(probes, steps) budget. Fractions: degenerate |lambda| <= tau rms and negative lambda < -tau rms
+(rms = sqrt(tr H^2 / P), tau as in the experiments). Per budget the error is the worst over the
+fractions; a method's curve is, per HVP budget, the best of its probe counts (each method's most
+favourable reading) at the 90th percentile over Hessians x seeds. Coverage: how often skipkern's
+certified 95% intervals contain the exact fraction.
+
+    python bench/spectral_fractions.py [--width 20 --depth 7] [--seeds 4] [--large] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS_DIR, add_result_args, check_tree, write_results  # noqa: E402
+from bench.spectral_peers import curvlinops_quadrature, pyhessian_quadrature  # noqa: E402
+from skipkern.hessian import DenseOperator, HessianOperator, LanczosResult, from_lanczos, spectral_fraction  # noqa: E402
+from skipkern.hessian.slq import make_slq  # noqa: E402
+from skipkern.nn import SkipMLP  # noqa: E402
+
+ARCHS = ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")
+TAUS = (1e-3, 1e-2, 1e-1)
+STEPS = (8, 16, 32, 64, 128, 256)
+PROBES = (1, 2, 4, 8, 16)
+CERTIFIED = (4, 16)  # probe counts whose certified intervals are computed (coverage); all get point estimates
+TOLS = (0.1, 0.05, 0.02)
+
+
+def hessian(arch: str, width: int, depth: int, samples: int, train_steps: int, seed: int = 0):
+    """(H [P, P] float64, eigenvalues [P]) of the mean cross-entropy on MNIST-1D rows, after
+    ``train_steps`` Adam steps (batches of 100, lr 1e-3) from the Glorot start."""
+    from skipkern.data import load_dataset
+    d = load_dataset("mnist1d", n_train=samples, n_test=100)
+    x, y = d.x_train, d.y_train
+    model = SkipMLP(40, width, depth, 10, arch=arch, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(train_steps):
+        idx = torch.randint(0, x.shape[0], (100,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model = model.double()
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (x.double(), y), memory_budget=1 << 29)
+    P = op.shape[0]
+    H = torch.cat([op @ torch.eye(P, dtype=torch.float64)[:, i:i + 512] for i in range(0, P, 512)], 1)
+    asym = float((H - H.T).abs().max() / H.abs().max())
+    H = (H + H.T) / 2
+    return H, torch.linalg.eigvalsh(H).numpy(), asym
+
+
+def truth(ev: np.ndarray) -> dict:
+    rms = math.sqrt(float(np.mean(ev ** 2)))
+    out = {}
+    for tau in TAUS:
+        e = tau * rms
+        out[f"deg{tau:g}"] = ((-e, e), float(np.mean(np.abs(ev) <= e)))
+        out[f"neg{tau:g}"] = ((-math.inf, -e), float(np.mean(ev < -e)))
+    return out
+
+
+def truncate(res: LanczosResult, k: int, m: int) -> LanczosResult:
+    """The first k probes after m steps of a longer lockstep run (its tridiagonals' leading blocks)."""
+    L = res.lengths[:k].clamp(max=m)
+    full_b = torch.cat([res.betas[:k], res.beta_last[:k, None]], 1)  # [k, M]: beta_1 .. beta_M
+    last = torch.where(res.lengths[:k] > m, full_b[:, m - 1] if m - 1 < full_b.shape[1] else res.beta_last[:k],
+                       res.beta_last[:k])
+    return LanczosResult(res.alphas[:k, :m].clone(), res.betas[:k, :max(m - 1, 0)].clone(), L, m, beta_last=last)
+
+
+def gauss_fraction(nodes: np.ndarray, weights: np.ndarray, iv: tuple) -> float:
+    a, b = iv
+    return float(np.mean((weights * ((nodes >= a) & (nodes <= b))).sum(1)))
+
+
+def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int, mmax: int) -> list:
+    """Rows (method, probes, steps, hvps, fraction, value, lower, upper, truth) of one plain or deflated run."""
+    op = DenseOperator(H)
+    slq = make_slq(op, deflate, None, seed, "full", False)
+    slq.add_probes(kmax)
+    slq.extend(mmax)
+    res = slq.lanczos_result()
+    d = slq.deflation
+    extra = 0 if d is None else d.num_matvecs
+    lam = None if d is None else d.values
+    rows, tr = [], truth(ev)
+    for m in STEPS:
+        for k in PROBES:
+            if m > res.alphas.shape[1] or k > kmax:
+                continue
+            dens = from_lanczos(truncate(res, k, m), H.shape[0], deflated=lam,
+                                meta={"probe": slq.probe, "product_dtype": "float64"} | (
+                                    {"deflation": {"residual": d.residual}} if d is not None and d.count else {}))
+            for name, (iv, t) in tr.items():
+                row = dict(method="deflated SLQ" if deflate else "plain SLQ", seed=seed, probes=k, steps=m,
+                           hvps=extra + k * m, fraction=name, value=gauss_fraction(dens.nodes, dens.weights, iv),
+                           truth=t, deflated=0 if d is None else d.count)
+                if k in CERTIFIED:
+                    f, ft = dens.fraction_in(*iv), dens.fraction_in(*iv, bound="t")
+                    row.update(value=f.value, lower=f.lower, upper=f.upper, t_lower=ft.lower, t_upper=ft.upper,
+                               dominant=f.dominant)
+                rows.append(row)
+    return rows
+
+
+def peer_rows(name: str, quad_fn, H: torch.Tensor, ev: np.ndarray, seed: int, kmax: int, mmax: int) -> list:
+    """Rows of a peer's point estimates from its per-probe tridiagonals [k, M, M] (prefixes)."""
+    Ts = quad_fn(H, kmax, mmax, seed)
+    rows, tr = [], truth(ev)
+    for m in STEPS:
+        if m > Ts.shape[1]:
+            continue
+        nodes, weights = [], []
+        for T in Ts[:, :m, :m]:
+            w, U = np.linalg.eigh(T)
+            nodes.append(w)
+            weights.append(U[0] ** 2)
+        nodes, weights = np.array(nodes), np.array(weights)
+        for k in PROBES:
+            if k > kmax:
+                continue
+            for fname, (iv, t) in tr.items():
+                rows.append(dict(method=name, seed=seed, probes=k, steps=m, hvps=k * m, fraction=fname,
+                                 value=gauss_fraction(nodes[:k], weights[:k], iv), truth=t))
+    return rows
+
+
+def adaptive_rows(H: torch.Tensor, ev: np.ndarray, seed: int, max_matvecs: int, tols=TOLS) -> list:
+    tr = truth(ev)
+    rows = []
+    for tol in tols:
+        r = spectral_fraction(DenseOperator(H), {n: iv for n, (iv, _) in tr.items()}, tol=tol, seed=seed,
+                              max_matvecs=max_matvecs, progress=False)
+        for name, (iv, t) in tr.items():
+            f = r.fractions[name]
+            rows.append(dict(method="adaptive", seed=seed, probes=r.num_probes, steps=r.num_steps, hvps=r.num_matvecs,
+                             fraction=name, value=f.value, lower=f.lower, upper=f.upper, truth=t, tol=tol,
+                             converged=r.converged, deflated=r.num_deflated))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--width", type=int, default=20)
+    ap.add_argument("--depth", type=int, default=7)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--peer-probes", type=int, default=8)
+    ap.add_argument("--peer-seeds", type=int, default=2, help="seeds on which the peers run (the first ones)")
+    ap.add_argument("--large", action="store_true", help="also a P ~ 10k Hessian (width 30, depth 10)")
+    ap.add_argument("--quick", action="store_true", help="two architectures, two seeds (a smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=256, help="Lanczos steps of the longest run")
+    ap.add_argument("--tols", type=float, nargs="+", default=list(TOLS), help="widths asked of the adaptive driver")
+    ap.add_argument("--cases", type=int, default=None, help="only the first N Hessians (smoke runs)")
+    ap.add_argument("--tag", default="")
+    add_result_args(ap)
+    args = ap.parse_args()
+    check_tree("spectral_fractions", args.allow_dirty)
+    torch.set_num_threads(args.threads)
+    archs = ARCHS[:2] if args.quick else ARCHS
+    seeds = range(2 if args.quick else args.seeds)
+    cases = [(a, args.width, args.depth, when) for a in archs for when in ("init", "trained")]
+    if args.large:
+        cases += [("residual", 30, 10, "trained"), ("plain", 30, 10, "trained")]
+    cases = cases[:args.cases]
+    mmax = args.max_steps
+    rows, hessians = [], []
+    for arch, width, depth, when in cases:
+        t0 = time.perf_counter()
+        H, ev, asym = hessian(arch, width, depth, args.samples, args.train_steps if when == "trained" else 0)
+        P = H.shape[0]
+        info = dict(arch=arch, width=width, depth=depth, when=when, P=P, asym=asym,
+                    lambda_max=float(ev[-1]), lambda_min=float(ev[0]), rms=math.sqrt(float(np.mean(ev ** 2))),
+                    zero_fraction=float(np.mean(np.abs(ev) <= 1e-10 * np.abs(ev).max())),
+                    top=[float(v) for v in ev[-12:][::-1]], build_s=time.perf_counter() - t0)
+        hessians.append(info)
+        print(f"{arch} {when} P={P}: lambda [{ev[0]:.3g}, {ev[-1]:.3g}], rms {info['rms']:.3g}, zeros "
+              f"{info['zero_fraction']:.3f}, top {np.round(ev[-5:][::-1], 3).tolist()} ({info['build_s']:.0f} s)",
+              flush=True)
+        hid = len(hessians) - 1
+        for seed in seeds:
+            t1 = time.perf_counter()
+            part = skipkern_runs(H, ev, seed, 0, 16, mmax) + skipkern_runs(H, ev, seed, "auto", 16, mmax)
+            part += adaptive_rows(H, ev, seed, 40000, args.tols)
+            for name, fn in (("PyHessian", pyhessian_quadrature), ("curvlinops", curvlinops_quadrature)):
+                if seed >= args.peer_seeds:
+                    break
+                try:
+                    part += peer_rows(name, fn, H, ev, seed, args.peer_probes, mmax)
+                except ImportError as exc:
+                    print(f"  {name} skipped: {exc}")
+            for r in part:
+                r["hessian"] = hid
+            rows += part
+            print(f"  seed {seed}: {len(part)} rows ({time.perf_counter() - t1:.0f} s)", flush=True)
+        del H
+    from bench.spectral_fractions_report import summarize
+    summary = summarize(rows, hessians, min(args.peer_seeds, len(seeds)))
+    extra = dict(hessians=hessians, summary=summary, taus=TAUS, steps=STEPS, probes=PROBES, tols=args.tols,
+                 samples=args.samples, train_steps=args.train_steps, tag=args.tag)
+    path = write_results("spectral_fractions" + (f"_{args.tag}" if args.tag else ""), rows, extra,
+                         allow_dirty=args.allow_dirty)
+    from bench.spectral_fractions_report import figure, print_summary
+    png = figure(rows, summary, RESULTS_DIR / (path.stem + ".png"))
+    print_summary(summary)
+    print(f"wrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Summary, table and figure of bench/spectral_fractions.py rows (see its docstring).
+
+Error of a configuration (method, probes, steps; for the adaptive driver, tol) on one Hessian and seed:
+the worst |estimate - exact| over a group of fractions ("degenerate": |lambda| <= tau rms for every tau;
+"negative": lambda < -tau rms). Its score: the 90th percentile over Hessians x seeds; its cost: the mean
+HVP count (deflation search included). A method's curve is the lower envelope over its configurations;
+"needed" is the fewest HVPs whose score is <= the target (0.01).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["summarize", "figure", "print_summary"]
+
+GROUPS = {"degenerate": "deg", "negative": "neg"}
+TARGET = 0.01
+METHODS = ("plain SLQ", "deflated SLQ", "adaptive", "PyHessian", "curvlinops")
+
+
+def _config(r: dict) -> tuple:
+    return (r["method"], r.get("tol"), r["probes"] if r["method"] != "adaptive" else None,
+            r["steps"] if r["method"] != "adaptive" else None)
+
+
+def _scores(rows: list, prefix: str) -> dict:
+    """{config: (mean hvps, q90 error, per-(hessian, seed) errors)} for fractions starting with prefix."""
+    worst: dict = defaultdict(lambda: defaultdict(float))
+    hvps: dict = defaultdict(list)
+    for r in rows:
+        if not r["fraction"].startswith(prefix):
+            continue
+        c, key = _config(r), (r["hessian"], r["seed"])
+        worst[c][key] = max(worst[c][key], abs(r["value"] - r["truth"]))
+        hvps[c].append(r["hvps"])
+    return {c: (float(np.mean(hvps[c])), float(np.quantile(list(e.values()), 0.9)), dict(e)) for c, e in worst.items()}
+
+
+def _envelope(scores: dict, method: str) -> list:
+    pts = sorted((h, e) for c, (h, e, _) in scores.items() if c[0] == method)
+    out, best = [], np.inf
+    for h, e in pts:
+        if e < best:
+            best = e
+            out.append((h, e))
+    return out
+
+
+def _coverage(rows: list, lo: str, hi: str) -> dict:
+    hits: dict = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if r.get(lo) is None:
+            continue
+        h = hits[r["method"]]
+        h[0] += r[lo] - 1e-12 <= r["truth"] <= r[hi] + 1e-12
+        h[1] += 1
+    return {m: {"covered": c, "total": t, "rate": c / t} for m, (c, t) in hits.items()}
+
+
+def summarize(rows: list, hessians: list, compare_seeds: int) -> dict:
+    """Errors on the seeds every method ran (< compare_seeds), coverage on all."""
+    out = {"target": TARGET, "coverage": _coverage(rows, "lower", "upper"),
+           "coverage_t": _coverage(rows, "t_lower", "t_upper"), "compare_seeds": compare_seeds}
+    same = [r for r in rows if r["seed"] < compare_seeds]
+    for group, prefix in GROUPS.items():
+        sc = _scores(same, prefix)
+        g = {"envelope": {m: _envelope(sc, m) for m in METHODS}}
+        g["needed"] = {m: next((h for h, e in g["envelope"][m] if e <= TARGET), None) for m in METHODS}
+        base = g["needed"]["plain SLQ"]
+        g["savings_vs_plain"] = {m: (base / n if base and n else None) for m, n in g["needed"].items()}
+        adaptive = {c[1]: (h, e) for c, (h, e, _) in sc.items() if c[0] == "adaptive"}
+        g["adaptive_by_tol"] = {str(t): {"hvps": h, "q90_error": e} for t, (h, e) in sorted(adaptive.items())}
+        out[group] = g
+    widths = [r["upper"] - r["lower"] for r in rows if r["method"] == "adaptive"]
+    out["adaptive_converged"] = float(np.mean([r["converged"] for r in rows if r["method"] == "adaptive"])) \
+        if widths else None
+    out["deflated_counts"] = sorted({r.get("deflated", 0) for r in rows if r["method"] == "deflated SLQ"})
+    return out
+
+
+def print_summary(s: dict) -> None:
+    for group in GROUPS:
+        g = s[group]
+        print(f"{group}: HVPs for a 90th-percentile error <= {s['target']} "
+              + ", ".join(f"{m} {('%.0f' % n) if n else '>max'}" for m, n in g["needed"].items()))
+        print("   savings vs plain SLQ: " + ", ".join(f"{m} {v:.2f}x" for m, v in g["savings_vs_plain"].items() if v))
+        print("   adaptive: " + ", ".join(f"tol {t}: {v['hvps']:.0f} HVPs, q90 err {v['q90_error']:.4f}"
+                                          for t, v in g["adaptive_by_tol"].items()))
+    for key in ("coverage", "coverage_t"):
+        print(f"{key}: " + ", ".join(f"{m} {v['covered']}/{v['total']} = {v['rate']:.3f}" for m, v in s[key].items()))
+
+
+def figure(rows: list, s: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    styles = {"plain SLQ": ("C0", "-"), "deflated SLQ": ("C1", "-"), "adaptive": ("C2", "o-"),
+              "PyHessian": ("C3", "--"), "curvlinops": ("C4", ":")}
+    for ax, group in zip(axes, GROUPS):
+        for m in METHODS:
+            if m == "adaptive":
+                pts = [(v["hvps"], v["q90_error"]) for v in s[group]["adaptive_by_tol"].values()]
+            else:
+                pts = s[group]["envelope"][m]
+            if not pts:
+                continue
+            x, y = zip(*pts)
+            color, ls = styles[m]
+            if m == "adaptive":
+                ax.plot(x, np.maximum(y, 1e-5), ls, color=color, label=m)
+            else:
+                ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=m)
+        ax.axhline(s["target"], color="k", lw=0.7, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("Hessian-vector products")
+        ax.set_title(f"{group} fractions (tau rms, tau = 1e-3, 1e-2, 1e-1)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("90th-percentile |error| over Hessians x seeds")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
