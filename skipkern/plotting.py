@@ -40,7 +40,7 @@ FAMILY_STYLE = {"glorot": "-", "scaled": "--"}
 
 
 def color_for(name: str, index: int = 0) -> str:
-    """Colour of a condition: fixed for the named ones; ``degenerate_<p>`` on a pink-to-purple scale by
+    """Colour of a condition: fixed for the named ones; ``degenerate_<p>`` on a light-to-deep pink scale by
     p (so every fraction p has its own); others from a neutral cycle by ``index``."""
     key = name.lower()
     for fam in FAMILY_STYLE:  # "scaled residual" -> residual's colour
@@ -53,7 +53,7 @@ def color_for(name: str, index: int = 0) -> str:
             p = float(key.split("_", 1)[1])
         except (IndexError, ValueError):
             p = 0.5
-        return matplotlib.colors.to_hex(plt.get_cmap("RdPu")(0.35 + 0.6 * min(max(p, 0.0), 1.0)))
+        return matplotlib.colors.to_hex(plt.get_cmap("RdPu")(0.3 + 0.45 * min(max(p, 0.0), 1.0)))
     return _CYCLE[index % len(_CYCLE)]
 
 
