@@ -1,14 +1,17 @@
 // Fused R-layers of the batched Hessian-vector product of a SkipMLP (skipkern/hessian/hvp_cpu.py),
 // C++/OpenMP on raw pointers, built on the GEMM micro-kernel of skip_gemm.h.
 //
-// k directions at once; row-major, contiguous; the R-tensors are [n, k, width] (row (r, j) = sample r,
-// direction j). Per layer with input width K, output width N, Ka = K + 1 with a bias (else K):
+// k directions at once; row-major, contiguous; the R-tensors are direction-major [k, n, width] (row
+// (j, r) = direction j, sample r), so the rows a register tile reads or writes for one direction are
+// contiguous (an [n, k, width] layout puts them k * width apart: 16 KiB for k = 32, width 128, and
+// eight such rows share one L1 set). Per layer with input width K, output width N, Ka = K + 1 with a
+// bias (else K):
 //   A [n, Ka] = [h, 1] (primal inputs), W [N, K], dirs [k, N, Ka] = [dW | db] of the k directions,
 //   d1, d2 [n, N] = act'(z), act''(z), gz [n, N] = d loss / d z, gh [n, K] = d loss / d h.
-// rop_layer_fwd:  out[(r,j), c] = sum_p A[r,p] dirs_j[c,p] + sum_q Rh[(r,j),q] W[c,q]       (R z)
+// rop_layer_fwd:  out[j, r, c] = sum_p A[r,p] dirs_j[c,p] + sum_q Rh[j,r,q] W[c,q]          (R z)
 //                 epilogue (d1 given): t2 = out * d2; out = out * d1 + Rh (identity skip)    (R h')
-// rop_layer_grad: res_j[c, q] += sum_r Rgz[(r,j),c] A[r,q] + sum_r gz[r,c] Ra[(r,j),q]       (R dW|db)
-// rop_layer_back: rgh[(r,j), q] = sum_c Rgz[(r,j),c] W[c,q] + sum_c gz[r,c] dirs_j[c,q] + Rgh_next (identity)
+// rop_layer_grad: res_j[c, q] += sum_r Rgz[j,r,c] A[r,q] + sum_r gz[r,c] Ra[j,r,q]          (R dW|db)
+// rop_layer_back: rgh[j, r, q] = sum_c Rgz[j,r,c] W[c,q] + sum_c gz[r,c] dirs_j[c,q] + Rgh_next (identity)
 //                 epilogue: rgz = rgh * d1 + gh * t2 (the R delta of the layer below)
 // Each is two stretches of one register-tile reduction (the two GEMMs of a term share the output
 // tile) with the elementwise epilogue fused into the write-back, so an R-tensor is written once and
@@ -79,7 +82,7 @@ void fwd(const T* A, const T* dirs, const T* Rh, const T* W, const T* d1, const 
       const int last_mr = static_cast<int>(c1 - last);
       if (last_mr < MR) {
         if (dirs) padded(A + last * Ka, Ka, last_mr, MR, Ka, tailA);
-        if (Rh) padded(Rh + (last * k + j) * K, k * K, last_mr, MR, K, tailR);
+        if (Rh) padded(Rh + (j * n + last) * K, K, last_mr, MR, K, tailR);
       }
       for (long jp = 0; jp < np; ++jp) {
         const long n0 = jp * NR;
@@ -91,12 +94,12 @@ void fwd(const T* A, const T* dirs, const T* Rh, const T* W, const T* d1, const 
             micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? A + m0 * Ka : tailA, Ka,
                                                   dt + (j * np + jp) * Ka * NR, nullptr, Ka);
           if (Rh)
-            micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? Rh + (m0 * k + j) * K : tailR,
-                                                  mr == MR ? k * K : K, wt + jp * K * NR, nullptr, K);
+            micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? Rh + (j * n + m0) * K : tailR, K,
+                                                  wt + jp * K * NR, nullptr, K);
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
             if (i >= mr) break;
-            const long r = m0 + i, row = r * k + j;
+            const long r = m0 + i, row = j * n + r;
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
               const int nl = lanes_in<T>(n0, v, N);
@@ -128,9 +131,11 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
   Scratch& ws = thread_scratch();
   T* ap = Rgz ? ws.get<T>(0, npa * n * NR) : nullptr;       // [h, 1] panels [npa][n][NR]
   T* gzp = (gz && Ra) ? ws.get<T>(1, n * ldn) : nullptr;    // gz, rows padded to ldn
-  // Per direction being worked on: Rgz_j [n, ldn] and Ra_j panels [npk][n][NR]. Directions go in groups
-  // of G slots (G fixed before the regions), each slot used by one direction at a time whatever the team.
-  const std::size_t per_dir = (Rgz ? n * ldn : 0) + ((gz && Ra) ? npk * n * NR : 0);
+  // Per direction being worked on: Rgz_j padded to [n, ldn] (when N is not a multiple of MR) and Ra_j
+  // panels [npk][n][NR]. Directions go in groups of G slots (G fixed before the regions), each slot
+  // used by one direction at a time whatever the team.
+  const bool copy = Rgz && ldn != N;
+  const std::size_t per_dir = (copy ? n * ldn : 0) + ((gz && Ra) ? npk * n * NR : 0);
   const long G = std::min<long>(k, std::max(1, omp_get_max_threads()));
   T* dirbuf = ws.get<T>(2, G * per_dir);
 #pragma omp parallel
@@ -149,15 +154,18 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
 #pragma omp parallel for schedule(static, 1)
     for (long slot = 0; slot < std::min(G, k - g0); ++slot) {
       const long j = g0 + slot;
-      T* rj = dirbuf + slot * per_dir;
-      T* raj = rj + (Rgz ? n * ldn : 0);
-      if (Rgz)
+      T* buf = dirbuf + slot * per_dir;
+      T* raj = buf + (copy ? n * ldn : 0);
+      const T* rj = Rgz ? Rgz + j * n * N : nullptr;
+      if (copy) {
         for (long r = 0; r < n; ++r) {
-          std::copy(Rgz + (r * k + j) * N, Rgz + (r * k + j) * N + N, rj + r * ldn);
-          std::fill(rj + r * ldn + N, rj + r * ldn + ldn, T(0));
+          std::copy(rj + r * N, rj + r * N + N, buf + r * ldn);
+          std::fill(buf + r * ldn + N, buf + r * ldn + ldn, T(0));
         }
+        rj = buf;
+      }
       if (gzp)
-        for (long jp = 0; jp < npk; ++jp) pack_panel(Ra + j * K, n, K, k * K, jp, raj + jp * n * NR);
+        for (long jp = 0; jp < npk; ++jp) pack_panel(Ra + j * n * K, n, K, K, jp, raj + jp * n * NR);
       T* rs = res + j * N * Ka;
       for (long jp = 0; jp < npa; ++jp) {
         const long q0 = jp * NR;
@@ -214,7 +222,7 @@ void back(const T* Rgz, const T* W, const T* gz, const T* dirs, const T* Rgh_nex
       const long last = c0 + (c1 - c0 - 1) / MR * MR;
       const int last_mr = static_cast<int>(c1 - last);
       if (last_mr < MR) {
-        if (wp) padded(Rgz + (last * k + j) * N, k * N, last_mr, MR, N, tailR);
+        if (wp) padded(Rgz + (j * n + last) * N, N, last_mr, MR, N, tailR);
         if (dp) padded(gz + last * N, N, last_mr, MR, N, tailG);
       }
       for (long jp = 0; jp < npk; ++jp) {
@@ -224,15 +232,15 @@ void back(const T* Rgz, const T* W, const T* gz, const T* dirs, const T* Rgh_nex
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
           if (wp)
-            micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? Rgz + (m0 * k + j) * N : tailR,
-                                                  mr == MR ? k * N : N, wp + jp * N * NR, nullptr, N);
+            micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? Rgz + (j * n + m0) * N : tailR, N,
+                                                  wp + jp * N * NR, nullptr, N);
           if (dp)
             micro_kernel<T, MR, NV, false, false>(c, c, mr == MR ? gz + m0 * N : tailG, N,
                                                   dp + (j * npk + jp) * N * NR, nullptr, N);
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
             if (i >= mr) break;
-            const long r = m0 + i, row = r * k + j;
+            const long r = m0 + i, row = j * n + r;
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
               const int nl = lanes_in<T>(q0, v, K);
@@ -292,8 +300,8 @@ void register_rop_layer(py::module_& m) {
         });
       },
       "R-forward of one layer (csrc/rop_layer.cpp): out = A dirs_j^T + Rh_j W^T, then (d1 != 0) t2 = out * d2, "
-      "out = out * d1 (+ Rh, identity skip). A [n,Ka], dirs [k,N,Ka], Rh [n,k,K], W [N,K], d1/d2 [n,N], "
-      "t2/out [n,k,N]; 0 = absent.",
+      "out = out * d1 (+ Rh, identity skip). A [n,Ka], dirs [k,N,Ka], Rh [k,n,K], W [N,K], d1/d2 [n,N], "
+      "t2/out [k,n,N]; 0 = absent.",
       py::arg("dtype"), py::arg("A"), py::arg("dirs"), py::arg("Rh"), py::arg("W"), py::arg("d1"), py::arg("d2"),
       py::arg("t2"), py::arg("out"), py::arg("identity"), py::arg("n"), py::arg("k"), py::arg("K"), py::arg("Ka"),
       py::arg("N"));
@@ -308,8 +316,8 @@ void register_rop_layer(py::module_& m) {
           grad<T>(ptr<const T>(Rgz), ptr<const T>(A), ptr<const T>(gz), ptr<const T>(Ra), ptr<T>(res), n, k, K, Ka, N);
         });
       },
-      "R weight gradient of one layer, accumulated: res_j[c,q] += sum_r Rgz[r,j,c] A[r,q] + gz[r,c] Ra[r,j,q] "
-      "(q < K). Rgz [n,k,N], A [n,Ka], gz [n,N], Ra [n,k,K], res [k,N,Ka]; 0 = absent.",
+      "R weight gradient of one layer, accumulated: res_j[c,q] += sum_r Rgz[j,r,c] A[r,q] + gz[r,c] Ra[j,r,q] "
+      "(q < K). Rgz [k,n,N], A [n,Ka], gz [n,N], Ra [k,n,K], res [k,N,Ka]; 0 = absent.",
       py::arg("dtype"), py::arg("Rgz"), py::arg("A"), py::arg("gz"), py::arg("Ra"), py::arg("res"), py::arg("n"),
       py::arg("k"), py::arg("K"), py::arg("Ka"), py::arg("N"));
   m.def(
@@ -327,7 +335,7 @@ void register_rop_layer(py::module_& m) {
         });
       },
       "R-backward of one layer: rgh = Rgz_j W + gz dirs_j[:, :K] (+ Rgh_next, identity skip); rgz = rgh * d1 + "
-      "gh * t2. Rgz [n,k,N], W [N,K], gz [n,N], dirs [k,N,Ka], Rgh_next/t2/rgh/rgz [n,k,K], d1/gh [n,K]; 0 = "
+      "gh * t2. Rgz [k,n,N], W [N,K], gz [n,N], dirs [k,N,Ka], Rgh_next/t2/rgh/rgz [k,n,K], d1/gh [n,K]; 0 = "
       "absent.",
       py::arg("dtype"), py::arg("Rgz"), py::arg("W"), py::arg("gz"), py::arg("dirs"), py::arg("Rgh_next"),
       py::arg("d1"), py::arg("gh"), py::arg("t2"), py::arg("rgh"), py::arg("rgz"), py::arg("n"), py::arg("k"),

@@ -6,8 +6,10 @@ hyper-residual skips (plain, residual; any activation) it runs each layer here i
 kernels that fuse both GEMMs of a term into one register-tile reduction with the epilogue in the
 write-back (see the C++ file): R-forward (R z, then R h' = R z act' + R h and t2 = R z act''), the
 weight term R [dW | db] += R delta^T [h, 1] + delta^T [R h, 0], and the R-backward (R g = R delta W +
-delta dW + R g' for the identity skip, then the next R delta = R g act' + g t2). The primal pass and its
-cache are FusedHVP's. ``FusedHVP.cpu_layers = "off"`` keeps the torch-GEMM path (for comparisons).
+delta dW + R g' for the identity skip, then the next R delta = R g act' + g t2). The R-tensors are
+direction-major here, [k, n, width] (the torch path's are [n, k, width]), so that a register tile's
+rows are contiguous. The primal pass and its cache are FusedHVP's. ``FusedHVP.cpu_layers = "off"``
+keeps the torch-GEMM path (for comparisons).
 """
 from __future__ import annotations
 
@@ -64,9 +66,9 @@ def rop_chunk_cpu(impl, pr: dict, x: Tensor, layers: list[dict], dirs: list, res
             T2.append(None)
             continue
         last = l == Lout
-        out = impl._buf("rlog" if last else f"ra{l + 1}", (n, k, N), x)
+        out = impl._buf("rlog" if last else f"ra{l + 1}", (k, n, N), x)
         d2 = None if last else D2[l]
-        t2 = None if d2 is None else impl._buf(f"t2_{l}", (n, k, N), x)
+        t2 = None if d2 is None else impl._buf(f"t2_{l}", (k, n, N), x)
         _C.rop_layer_fwd_cpu(dt, _p(A[l]), _p(dirs[l]), _p(Rh), _p(W), 0 if last else _p(D1[l]), _p(d2), _p(t2),
                              out.data_ptr(), L["kind"] == "identity" and Rh is not None, n, k, K, Ka, N)
         if last:
@@ -74,7 +76,8 @@ def rop_chunk_cpu(impl, pr: dict, x: Tensor, layers: list[dict], dirs: list, res
             break
         T2.append(t2)
         Rh = out
-    Rgz = None if Rlogits is None else pr["hop"](Rlogits).contiguous()  # ---- R-backward
+    # ---- R-backward (the loss Hessian works on [n, k, C] views)
+    Rgz = None if Rlogits is None else pr["hop"](Rlogits.transpose(0, 1)).transpose(0, 1).contiguous()
     Rgh_next = None
     for l in range(Lout, -1, -1):
         L = layers[l]
@@ -93,14 +96,15 @@ def rop_chunk_cpu(impl, pr: dict, x: Tensor, layers: list[dict], dirs: list, res
             Rgh = Rgh_next if identity else None
             Rgz = None
             if Rgh is not None or t2 is not None:
-                from skipkern.ops import rop_epilogue
-                Rgz = rop_epilogue.rop_epilogue_bwd(Rgh, d1, gh, t2, impl._buf(f"rgz{l % 2}", (n, k, K), x),
-                                                    backend="cpp")
+                Rgz = impl._buf(f"rgz{l % 2}", (k, n, K), x)
+                torch.mul(Rgh, d1, out=Rgz) if Rgh is not None else Rgz.zero_()
+                if t2 is not None:
+                    Rgz.addcmul_(gh, t2)
             Rgh_next = Rgh
             continue
         keep = layers[l - 1]["kind"] == "identity"  # the layer below adds this R g through its skip
-        rgh = impl._buf(f"rgh{l % 2}", (n, k, K), x) if keep else None
-        rgz = impl._buf(f"rgz{l % 2}", (n, k, K), x)
+        rgh = impl._buf(f"rgh{l % 2}", (k, n, K), x) if keep else None
+        rgz = impl._buf(f"rgz{l % 2}", (k, n, K), x)
         _C.rop_layer_back_cpu(dt, _p(Rgz), _p(W), _p(GZ[l] if dirs[l] is not None else None), _p(dirs[l]),
                               _p(Rgh_next if identity else None), _p(d1), _p(gh if t2 is not None else None), _p(t2),
                               _p(rgh), rgz.data_ptr(), n, k, K, Ka, N)
