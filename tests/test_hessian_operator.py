@@ -328,7 +328,7 @@ REDUCTION_CASES = [  # (loss, targets, backends that run it)
 ]
 
 
-@pytest.mark.parametrize("budget", [None, 4096])
+@pytest.mark.parametrize("budget", [None, pytest.param(4096, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("loss_fn,target,backends", REDUCTION_CASES)
 def test_reductions_over_uneven_batches_and_chunks(loss_fn, target, backends, budget):
     """The Hessian of the loss over ALL the data, whatever the batching and the memory budget's chunks."""
