@@ -121,28 +121,54 @@ void fwd(const T* A, const T* dirs, const T* Rh, const T* W, const T* d1, const 
 }
 
 // ------------------------------------------------------------------------------------ weight terms
+// skip_gemm.h's micro-kernel with B read in place at row stride ldb (a full NR-wide column block of a
+// row-major matrix) instead of a packed panel: saves packing each direction's R h (n x K per layer).
+template <typename T, int MR, int NV, bool COL>
+SK_INLINE void micro_kernel_ldb(typename Vec<T>::reg (&c)[MR][NV], const T* a, long lda, const T* b, long ldb, long kc) {
+  using V = Vec<T>;
+  using R = typename V::reg;
+  const T* ar[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) ar[i] = a + i * lda;
+  const T* ap = a;
+  for (long p = 0; p < kc; ++p) {
+    R bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::size);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const R av = V::set1(COL ? ap[i] : ar[i][p]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) c[i][v] = V::fma(av, bv[v], c[i][v]);
+    }
+    if (COL) ap += lda;
+    b += ldb;
+  }
+}
+
 template <typename T>
 void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, long k, long K, long Ka, long N) {
   using V = Vec<T>;
   using R = typename V::reg;
   constexpr int MR = kMR, NV = kNV, NR = kNR<T>;
-  const long npa = ceil_div(Ka, NR), npk = ceil_div(K, NR);
+  const long npk = ceil_div(K, NR);
+  const bool ragged = K % NR != 0;   // the last column block of Ra_j is packed (zero padded), not read in place
   const long ldn = round_up(N, MR);  // padded row stride of the col-layout A operands
   Scratch& ws = thread_scratch();
-  T* ap = Rgz ? ws.get<T>(0, npa * n * NR) : nullptr;       // [h, 1] panels [npa][n][NR]
+  T* ap = Rgz ? ws.get<T>(0, npk * n * NR) : nullptr;       // h panels [npk][n][NR] (the bias column apart)
   T* gzp = (gz && Ra) ? ws.get<T>(1, n * ldn) : nullptr;    // gz, rows padded to ldn
-  // Per direction being worked on: Rgz_j padded to [n, ldn] (when N is not a multiple of MR) and Ra_j
-  // panels [npk][n][NR]. Directions go in groups of G slots (G fixed before the regions), each slot
-  // used by one direction at a time whatever the team.
+  // Per direction being worked on: Rgz_j padded to [n, ldn] (when N is not a multiple of MR), the last
+  // Ra_j panel [n][NR] (when K is not a multiple of NR) and the bias sums [ldn]. Directions go in groups
+  // of G slots (G fixed before the regions), each slot used by one direction at a time whatever the team.
   const bool copy = Rgz && ldn != N;
-  const std::size_t per_dir = (copy ? n * ldn : 0) + ((gz && Ra) ? npk * n * NR : 0);
+  const std::size_t per_dir = (copy ? n * ldn : 0) + ((gzp && ragged) ? n * NR : 0) + ldn;
   const long G = std::min<long>(k, std::max(1, omp_get_max_threads()));
   T* dirbuf = ws.get<T>(2, G * per_dir);
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
-    for (long jp = 0; jp < npa; ++jp)
-      if (Rgz) pack_panel(A, n, Ka, Ka, jp, ap + jp * n * NR);
+    for (long jp = 0; jp < npk; ++jp)
+      if (Rgz) pack_panel(A, n, K, Ka, jp, ap + jp * n * NR);
 #pragma omp for schedule(static)
     for (long r = 0; r < n; ++r)
       if (gzp) {
@@ -155,8 +181,10 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
     for (long slot = 0; slot < std::min(G, k - g0); ++slot) {
       const long j = g0 + slot;
       T* buf = dirbuf + slot * per_dir;
-      T* raj = buf + (copy ? n * ldn : 0);
+      T* tail = buf + (copy ? n * ldn : 0);
+      T* dbs = tail + ((gzp && ragged) ? n * NR : 0);
       const T* rj = Rgz ? Rgz + j * n * N : nullptr;
+      const T* raj = Ra ? Ra + j * n * K : nullptr;
       if (copy) {
         for (long r = 0; r < n; ++r) {
           std::copy(rj + r * N, rj + r * N + N, buf + r * ldn);
@@ -164,29 +192,39 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
         }
         rj = buf;
       }
-      if (gzp)
-        for (long jp = 0; jp < npk; ++jp) pack_panel(Ra + j * n * K, n, K, K, jp, raj + jp * n * NR);
+      if (gzp && ragged) pack_panel(raj, n, K, K, npk - 1, tail);
       T* rs = res + j * N * Ka;
-      for (long jp = 0; jp < npa; ++jp) {
+      for (long jp = 0; jp < npk; ++jp) {
         const long q0 = jp * NR;
+        const bool packed = ragged && jp == npk - 1;
         for (long ib = 0; ib < N; ib += MR) {
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
           if (Rgz) micro_kernel<T, MR, NV, true, false>(c, c, rj + ib, ldn, ap + jp * n * NR, nullptr, n);
-          if (gzp && jp < npk) micro_kernel<T, MR, NV, true, false>(c, c, gzp + ib, ldn, raj + jp * n * NR, nullptr, n);
+          if (gzp)
+            micro_kernel_ldb<T, MR, NV, true>(c, gzp + ib, ldn, packed ? tail : raj + q0, packed ? NR : K, n);
           const int nr = static_cast<int>(std::min<long>(MR, N - ib));
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
             if (i >= nr) break;
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
-              const int nl = lanes_in<T>(q0, v, Ka);
+              const int nl = lanes_in<T>(q0, v, K);
               if (nl <= 0) break;
               T* dst = rs + (ib + i) * Ka + q0 + v * V::size;
               store_lanes(dst, V::add(load_lanes(dst, nl), c[i][v]), nl);
             }
           }
         }
+      }
+      if (Rgz && Ka == K + 1) {  // the bias column: R db_j = sum over rows of R delta_j
+        std::fill(dbs, dbs + ldn, T(0));
+        for (long r = 0; r < n; ++r)
+          for (long c = 0; c < N; c += V::size) {
+            const int nl = static_cast<int>(std::min<long>(V::size, N - c));
+            store_lanes(dbs + c, V::add(load_lanes(dbs + c, nl), load_lanes(rj + r * ldn + c, nl)), nl);
+          }
+        for (long c = 0; c < N; ++c) rs[c * Ka + K] += dbs[c];
       }
     }
   }
