@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 
 from skipkern.experiments.common import Context, fmt, stats
 from skipkern.experiments.deep import (families_of, final_values, finding, gates_of, run_families, seeds_of,
@@ -72,6 +74,13 @@ def run(ctx: Context, cfg: dict) -> dict:
         gate = gates_of(records)["plain"]
         cav = [] if gate.ok else [f"The plain nets did not learn ({gate.reason}): their spread in accuracy is noise "
                                   f"around chance, so these correlations say little."]
+        bounds = [run_spectra(r).get("end", {}).get(fraction_key("degenerate", TAU), {}) for r in records["plain"]]
+        lo = [b["lower"] for b in bounds if "lower" in b]
+        hi = [b["upper"] for b in bounds if "upper" in b]
+        if lo and float(np.mean(hi)) - float(np.mean(lo)) > 0.1:
+            cav.append(f"3a correlates the Gauss point estimates of the degenerate fraction, but their quadrature bounds "
+                       f"span {np.mean(lo):.0%} to {np.mean(hi):.0%} on average: the quadrature does not resolve this "
+                       f"threshold, so the differences between nets that 3a ranks are mostly below its resolution.")
         f = finding(3, fam, {**cols, "final_train_acc": acc}, {}, ev, {"correlations": corr, "measures": cols,
                                                                        "final_train_acc": acc},
                     f"seeds_correlation_{fam}", caveats=cav)
