@@ -25,7 +25,7 @@ def cmd_repro(args) -> int:
     check_overrides(overrides, recipes, mode)
     ctx = make_context(args, mode)
     with hold_output(ctx.out, "reproduction"):
-        deep = [r for r in recipes if r.name != "simplified"]
+        deep = [r for r in recipes if "n_train" in r.configs[mode]]  # the recipes that load the data set
         if deep:
             cfg = deep[0].config(mode, {k: v for k, v in overrides.items() if k in deep[0].configs[mode]})
             on_every_rank(lambda: check_data(ctx, cfg["n_train"], cfg["n_test"]), "loading the data")
@@ -75,6 +75,8 @@ def run_recipes(args, ctx, recipes, mode: str, overrides: dict):
             continue
         timings[r.name] = time.perf_counter() - t0
         for f in res["findings"]:
-            tag = f"result {f['result']}" if f["result"] else "simplified model"
-            say(f"  {tag}: {f['verdict']}  ({timings[r.name]:.0f} s)", file=sys.stderr)
+            tag = (f"result {f['result']}" if f["result"] else "simplified model") + (
+                f" [{f['family']} init]" if f.get("family") else "")
+            say(f"  {tag}: {f['verdict']}" + (f" ({f['reason']})" if f.get("reason") else "")
+                + f"  ({timings[r.name]:.0f} s)", file=sys.stderr)
     return timings, failed, time.perf_counter() - t_all
