@@ -36,7 +36,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS_DIR, add_result_args, check_tree, write_results  # noqa: E402
 from bench.spectral_peers import curvlinops_quadrature, pyhessian_quadrature  # noqa: E402
-from skipkern.hessian import DenseOperator, HessianOperator, LanczosResult, from_lanczos, spectral_fraction  # noqa: E402
+from skipkern.hessian import (DenseOperator, HessianOperator, LanczosResult, SpectralDensity, from_lanczos,  # noqa: E402
+                              spectral_fraction)
 from skipkern.hessian.slq import make_slq  # noqa: E402
 from skipkern.nn import SkipMLP  # noqa: E402
 
@@ -49,8 +50,21 @@ TOLS = (0.1, 0.05, 0.02)
 
 
 def hessian(arch: str, width: int, depth: int, samples: int, train_steps: int, seed: int = 0):
-    """(H [P, P] float64, eigenvalues [P]) of the mean cross-entropy on MNIST-1D rows, after
-    ``train_steps`` Adam steps (batches of 100, lr 1e-3) from the Glorot start."""
+    """(H [P, P] float64, eigenvalues [P], asymmetry) of the mean cross-entropy on MNIST-1D rows, after
+    ``train_steps`` Adam steps (batches of 100, lr 1e-3) from the Glorot start; cached under
+    $SKIPKERN_CACHE/bench_hessians (the truth of a rerun is the same matrix)."""
+    from skipkern.data import default_cache_dir
+    path = Path(default_cache_dir()) / "bench_hessians" / f"{arch}-w{width}-d{depth}-n{samples}-t{train_steps}-s{seed}.pt"
+    if path.exists():
+        d = torch.load(path)
+        return d["H"], d["ev"].numpy(), d["asym"]
+    H, ev, asym = _build_hessian(arch, width, depth, samples, train_steps, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"H": H, "ev": torch.from_numpy(ev), "asym": asym}, path)
+    return H, ev, asym
+
+
+def _build_hessian(arch: str, width: int, depth: int, samples: int, train_steps: int, seed: int):
     from skipkern.data import load_dataset
     d = load_dataset("mnist1d", n_train=samples, n_test=100)
     x, y = d.x_train, d.y_train
@@ -95,6 +109,15 @@ def gauss_fraction(nodes: np.ndarray, weights: np.ndarray, iv: tuple) -> float:
     return float(np.mean((weights * ((nodes >= a) & (nodes <= b))).sum(1)))
 
 
+def first_probes(d: SpectralDensity, k: int) -> SpectralDensity:
+    """The density of the first k probes of ``d`` (its quadrature rules reused, no smoothing grid)."""
+    meta = dict(d.meta, lengths=d.meta["lengths"][:k], num_probes=k)
+    out = SpectralDensity(d.nodes[:k], d.weights[:k], d.dim, d.sigma, d.grid[:2], np.zeros(2), meta,
+                          d.alphas[:k], d.betas[:k], d.deflated)
+    out._rules = d._rules[:k]
+    return out
+
+
 def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int, mmax: int) -> list:
     """Rows (method, probes, steps, hvps, fraction, value, lower, upper, truth) of one plain or deflated run."""
     op = DenseOperator(H)
@@ -105,14 +128,18 @@ def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int
     d = slq.deflation
     extra = 0 if d is None else d.num_matvecs
     lam = None if d is None else d.values
+    meta = {"probe": slq.probe, "product_dtype": "float64"}
+    if d is not None and d.count:
+        meta["deflation"] = {"residual": d.residual}
     rows, tr = [], truth(ev)
     for m in STEPS:
+        if m > res.alphas.shape[1]:
+            continue
+        full = from_lanczos(truncate(res, kmax, m), H.shape[0], deflated=lam, meta=meta, grid=2)
         for k in PROBES:
-            if m > res.alphas.shape[1] or k > kmax:
+            if k > kmax:
                 continue
-            dens = from_lanczos(truncate(res, k, m), H.shape[0], deflated=lam,
-                                meta={"probe": slq.probe, "product_dtype": "float64"} | (
-                                    {"deflation": {"residual": d.residual}} if d is not None and d.count else {}))
+            dens = first_probes(full, k)
             for name, (iv, t) in tr.items():
                 row = dict(method="deflated SLQ" if deflate else "plain SLQ", seed=seed, probes=k, steps=m,
                            hvps=extra + k * m, fraction=name, value=gauss_fraction(dens.nodes, dens.weights, iv),
@@ -167,7 +194,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=7)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--peer-probes", type=int, default=8)
     ap.add_argument("--peer-seeds", type=int, default=2, help="seeds on which the peers run (the first ones)")
     ap.add_argument("--large", action="store_true", help="also a P ~ 10k Hessian (width 30, depth 10)")
@@ -175,6 +202,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=256, help="Lanczos steps of the longest run")
     ap.add_argument("--tols", type=float, nargs="+", default=list(TOLS), help="widths asked of the adaptive driver")
+    ap.add_argument("--adaptive-budget", type=int, default=4096, help="max_matvecs of the adaptive driver "
+                    "(default: the largest plain SLQ run, 16 probes x 256 steps)")
     ap.add_argument("--cases", type=int, default=None, help="only the first N Hessians (smoke runs)")
     ap.add_argument("--tag", default="")
     add_result_args(ap)
@@ -205,7 +234,7 @@ def main() -> None:
         for seed in seeds:
             t1 = time.perf_counter()
             part = skipkern_runs(H, ev, seed, 0, 16, mmax) + skipkern_runs(H, ev, seed, "auto", 16, mmax)
-            part += adaptive_rows(H, ev, seed, 40000, args.tols)
+            part += adaptive_rows(H, ev, seed, args.adaptive_budget, args.tols)
             for name, fn in (("PyHessian", pyhessian_quadrature), ("curvlinops", curvlinops_quadrature)):
                 if seed >= args.peer_seeds:
                     break

@@ -134,7 +134,7 @@ def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 200
         slq.add_probes(k)
         slq.extend(m)
         while True:
-            dens = slq.density()
+            dens = slq.density(grid=2)  # the smoothed density only once, at the end
             fr = {name: dens.fraction_in(a, b, confidence=confidence) for name, (a, b) in ivs.items()}
             history.append({"num_matvecs": slq.num_matvecs, "num_probes": slq.num_probes, "num_steps": slq.m,
                             **{name: [f.lower, f.upper] for name, f in fr.items()}})
@@ -161,5 +161,6 @@ def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 200
                     break
                 slq.add_probes(add)
     d = slq.deflation
+    dens = slq.density()
     return FractionResult(fr, dens, converged, slq.num_matvecs, slq.num_products, slq.num_probes, slq.m,
                           0 if d is None else d.count, float(tol), history)

@@ -58,8 +58,9 @@ class Deflation:
         if not self.count:
             return V
         U = self.vectors
+        V = V.contiguous()
         for _ in range(2):
-            V = V - (V @ U) @ U.T
+            V = torch.addmm(V, V @ U, U.T, alpha=-1.0)
         return V
 
 
@@ -180,7 +181,7 @@ def find_outliers(op, deflate: Union[str, int], *, seed: Optional[int] = None, g
         return empty
     n = int(run.lengths[0])
     U = run.basis[0, :n].T @ S[:, chosen].to(run.basis.device)  # Ritz vectors [P, d]
-    U, _ = torch.linalg.qr(U)  # orthonormal to working precision (they already are, up to rounding)
+    U = torch.linalg.qr(U)[0].contiguous()  # orthonormal to working precision (they are, up to rounding)
     rho = math.sqrt(float((res[chosen] ** 2).sum()))
     vals = theta[chosen].numpy()
     log.info("hessian: deflated %d eigenvalues (%s) after %d Lanczos steps, residual %.2e", len(chosen),

@@ -308,6 +308,7 @@ def from_lanczos(res: LanczosResult, dim: int, *, sigma: Optional[float] = None,
     dimension dim - d, and the measures are combined exactly with them)."""
     nodes, weights = res.ritz()
     nodes, weights = nodes.numpy(), weights.numpy()
+    ritz_nodes, ritz_weights = nodes, weights
     lam = np.zeros(0) if deflated is None else np.asarray(deflated, dtype=np.float64).reshape(-1)
     k, m = res.alphas.shape
     betas = np.zeros((k, m))
@@ -321,5 +322,9 @@ def from_lanczos(res: LanczosResult, dim: int, *, sigma: Optional[float] = None,
     s, g = _default_grid(nodes, weights, sigma, grid)
     info = {"num_steps": int(m), "lengths": res.lengths.tolist(), "num_matmat": res.num_matmat}
     info.update(meta or {})
-    return SpectralDensity(nodes, weights, int(dim), s, g, meta=info, alphas=res.alphas.numpy(),
+    dens = SpectralDensity(nodes, weights, int(dim), s, g, meta=info, alphas=res.alphas.numpy(),
                            betas=betas if res.beta_last is not None else None, deflated=lam)
+    lengths = res.lengths.tolist()  # the Gauss rules the certified fractions need, already computed
+    bulk = np.asarray(ritz_nodes), np.asarray(ritz_weights)
+    dens._rules = [(bulk[0][j, :n].copy(), bulk[1][j, :n].copy()) for j, n in enumerate(lengths)]
+    return dens

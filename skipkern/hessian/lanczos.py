@@ -89,13 +89,15 @@ class LanczosResult:
         """Gauss quadrature of each probe: (nodes [k, m], weights [k, m]) float64 on the CPU; nodes are
         the Ritz values (eigenvalues of T_j), weights the squared first components of T_j's
         eigenvectors. Entries past lengths[j] have weight 0 (and node 0)."""
+        from skipkern.hessian.quadrature import gauss_rule  # LAPACK's tridiagonal solver, O(m^2) per probe
         k, m = self.alphas.shape
         nodes = torch.zeros(k, m, dtype=torch.float64)
         weights = torch.zeros(k, m, dtype=torch.float64)
+        a, b = self.alphas.cpu().numpy(), self.betas.cpu().numpy()
         for j in range(k):
             n = int(self.lengths[j])
-            ev, U = torch.linalg.eigh(self.tridiagonal(j).cpu())
-            nodes[j, :n], weights[j, :n] = ev, U[0] ** 2
+            ev, w = gauss_rule(a[j, :n], b[j, :n - 1])
+            nodes[j, :n], weights[j, :n] = torch.from_numpy(ev), torch.from_numpy(w)
         return nodes, weights
 
 
