@@ -209,6 +209,9 @@ def main() -> None:
     add_result_args(ap)
     args = ap.parse_args()
     check_tree("spectral_fractions", args.allow_dirty)
+    import subprocess
+    started_at = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                                capture_output=True, text=True).stdout.strip()  # the code that runs
     torch.set_num_threads(args.threads)
     archs = ARCHS[:2] if args.quick else ARCHS
     seeds = range(2 if args.quick else args.seeds)
@@ -250,7 +253,7 @@ def main() -> None:
     from bench.spectral_fractions_report import summarize
     summary = summarize(rows, hessians, min(args.peer_seeds, len(seeds)))
     extra = dict(hessians=hessians, summary=summary, taus=TAUS, steps=STEPS, probes=PROBES, tols=args.tols,
-                 samples=args.samples, train_steps=args.train_steps, tag=args.tag)
+                 samples=args.samples, train_steps=args.train_steps, tag=args.tag, started_at_commit=started_at)
     path = write_results("spectral_fractions" + (f"_{args.tag}" if args.tag else ""), rows, extra,
                          allow_dirty=args.allow_dirty)
     from bench.spectral_fractions_report import figure, print_summary
