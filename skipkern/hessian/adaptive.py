@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from skipkern.hessian.density import SpectralDensity
 from skipkern.hessian.fractions import Fraction
