@@ -164,6 +164,20 @@ def test_resume_refuses_every_other_setting(data, tmp_path, change, needle):
     assert ckpt["identity"]["initial_weights"] and ckpt["identity"]["model.init"] == "glorot"
 
 
+def test_resume_on_another_execution_path(data, tmp_path):
+    """backend, fused and precision choose how the same function is computed: a run resumes across them,
+    and a checkpoint written before such an option existed still resumes."""
+    from skipkern.training.checkpoint import save_checkpoint
+
+    train(_model(backend="torch"), data, _cfg(epochs=1), out_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path)[1]
+    for key in ("model.precision", "model.fused"):
+        ckpt["identity"].pop(key, None)  # as written before the option existed
+    save_checkpoint(tmp_path / "checkpoint.pt", ckpt)
+    res = train(_model(backend="cpp", precision="ieee"), data, _cfg(epochs=2), out_dir=tmp_path)
+    assert res.history[-1]["epoch"] == 2
+
+
 def test_resume_records_the_malicious_flag_and_refuses_older_checkpoints(data, tmp_path):
     from skipkern.nn import malicious_init_
     from skipkern.training.checkpoint import save_checkpoint

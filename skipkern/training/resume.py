@@ -1,7 +1,7 @@
 """The identity of a training run, and the check that a checkpoint may be resumed by this run.
 
 A run's identity is every setting that changes its result: the model (every constructor argument but
-the execution path (backend, fused), plus a fingerprint of its initial weights, which covers the seed, the init scheme and a
+the execution path (backend, fused, precision), plus a fingerprint of its initial weights, which covers the seed, the init scheme and a
 malicious initialisation), the training settings (all of ``TrainConfig`` but the budget ``epochs`` and
 the placement/display settings in ``NOT_IDENTITY``), the data (name, sizes, seed, preprocessing) and
 whatever the caller adds (``identity=`` of ``train``; the CLI adds ``malicious``). It is stored in every
@@ -28,7 +28,9 @@ __all__ = ["NOT_IDENTITY", "weights_fingerprint", "run_identity", "check_resume"
 # TrainConfig fields that do not change the result: the budget (checked on its own), where it runs,
 # how it is shown, and the evaluation batch size (only the summation order of the same mean).
 NOT_IDENTITY = ("epochs", "device", "progress", "eval_batch_size")
-_NOT_MODEL_IDENTITY = ("backend", "fused")  # execution paths: every one computes the same function
+# Execution paths: each computes the same function and differs only in rounding (as backends do), so a
+# run may resume on another path; a checkpoint written before an option existed stays resumable.
+_NOT_MODEL_IDENTITY = ("backend", "fused", "precision")
 _NOT_DATA_IDENTITY = ("source",)  # where the data came from (a cache hit, a moved folder) is not what they are
 _FIX = "use another output folder, or resume=False (CLI: --no-resume) to start over"
 
