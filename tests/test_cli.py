@@ -118,6 +118,28 @@ def test_more_errors_in_process(tmp_path, capsys, argv, needle):
     assert rc != 0 and len(err) == 1 and err[0].startswith("skipkern: error:") and needle in err[0], err
 
 
+def test_repro_data_check_uses_only_the_recipes_that_load_the_data_set():
+    from skipkern.cli.repro import data_recipes
+    from skipkern.experiments import ORDER, get_recipe
+    for mode in ("quick", "full"):
+        names = {r.name for r in data_recipes([get_recipe(n) for n in ORDER], mode)}
+        assert {"architectures", "seeds", "biasreg", "symmetry", "depth"} <= names
+        assert not names & {"simplified", "connectivity", "signal"}  # own teacher-student data / results only
+
+
+@pytest.mark.slow
+def test_repro_connectivity_on_cifar_needs_no_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SKIPKERN_DATA_DIR", raising=False)
+    tiny = ["widths=[4]", "n_seeds=2", "train_steps=5", "input_dims=[2]", "methods=[\"linear\"]", "n_train=32",
+            "n_test=32", "num_points=3", "refine=1", "n_boot=20"]
+    argv = ["repro", "connectivity", "--quick", "--data", "cifar10", "--no-progress", "--out", str(tmp_path / "o")]
+    assert _main(argv + [a for kv in tiny for a in ("--set", kv)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "connectivity" / "results.json").is_file()
+    # a recipe that trains on the data set still needs the folder, before any work
+    assert _main(["repro", "symmetry", "--quick", "--data", "cifar10", "--out", str(tmp_path / "s")]) == 1
+    assert "--data cifar10 needs --data-dir" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------- bad values, checked before any work
 def _main(argv) -> int:
     from skipkern.cli import main

@@ -10,7 +10,7 @@ from skipkern.cli.dist import on_every_rank
 from skipkern.cli.outputs import hold_output
 from skipkern.cli.overrides import check_overrides, parse_set
 
-__all__ = ["cmd_repro", "run_recipes"]
+__all__ = ["cmd_repro", "run_recipes", "data_recipes"]
 
 
 def cmd_repro(args) -> int:
@@ -25,7 +25,7 @@ def cmd_repro(args) -> int:
     check_overrides(overrides, recipes, mode)
     ctx = make_context(args, mode)
     with hold_output(ctx.out, "reproduction"):
-        deep = [r for r in recipes if "n_train" in r.configs[mode]]  # the recipes that load the data set
+        deep = data_recipes(recipes, mode)
         if deep:
             cfg = deep[0].config(mode, {k: v for k, v in overrides.items() if k in deep[0].configs[mode]})
             on_every_rank(lambda: check_data(ctx, cfg["n_train"], cfg["n_test"]), "loading the data")
@@ -43,6 +43,15 @@ def cmd_repro(args) -> int:
     if failed:
         raise CLIError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (details in {report})")
     return 0
+
+
+def data_recipes(recipes, mode: str) -> list:
+    """The recipes that load the context's data set (--data): the deep-net recipes, whose configurations
+    build on the shared deep-net base (``DEEP_BASE``). simplified and connectivity generate their own
+    teacher-student data and signal reads the others' results, so they need no --data-dir."""
+    from skipkern.experiments.registry import DEEP_BASE
+    base = set(DEEP_BASE[mode])
+    return [r for r in recipes if base <= set(r.configs[mode])]
 
 
 def run_recipes(args, ctx, recipes, mode: str, overrides: dict):
