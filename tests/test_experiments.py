@@ -164,6 +164,11 @@ def test_architectures_recipe(ctx):
     by = {(f["result"], f["family"]): f for f in res["findings"]}
     assert set(by[(7, "glorot")]["numbers"]) == {"init", "final"}
     assert any(s.startswith("architectures_density_") for s in res["figures"])
+    # the tiny config resolves the end-of-training fraction adaptively, cached beside the run's spectra
+    res2 = by[(2, "scaled")]["numbers"]["resolved"]["end"]
+    for d in (d for runs in res2.values() for d in runs):
+        assert d["lower"] - 1e-9 <= d["value"] <= d["upper"] + 1e-9 and d["num_matvecs"] > 0
+    assert any((ctx.out / "runs").glob("*/spectra/resolved_end_tau*.json"))
 
 
 @pytest.mark.slow

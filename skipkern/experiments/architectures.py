@@ -105,6 +105,7 @@ def run(ctx: Context, cfg: dict) -> dict:
         figs.append(density)
         deg, bounds, ratio = spectral_values(records, "end")
         deg0, _, _ = spectral_values(records, "init")
+        resolved = _resolved(ctx, cfg, records)
         if deg:
             ev2 = (f"Fraction of Hessian eigenvalues with |λ| <= {TAU:g} x rms(λ) after training (Gauss estimate; "
                    f"quadrature bounds [lower, upper] averaged over seeds): "
@@ -115,9 +116,22 @@ def run(ctx: Context, cfg: dict) -> dict:
             cav = ["Each interval below covers the quadrature bounds of every run; where they are wide the m-step "
                    "quadrature lumps the eigenvalues near zero into one Ritz node and cannot resolve the threshold.",
                    f"Threshold sweep (tau in {list(TAUS)}) in architectures/architectures_threshold_sweep_{fam}.png."]
-            findings.append(finding(2, fam, {"fraction_degenerate": deg}, gates, ev2,
-                                    {"fraction_degenerate": deg, "bounds": bounds, "init": deg0, "rank_ratio": ratio},
-                                    density, bounds={"fraction_degenerate": bounds}, caveats=cav))
+            numbers = {"fraction_degenerate": deg, "bounds": bounds, "init": deg0, "rank_ratio": ratio}
+            if "end" in resolved:  # the adaptively resolved fractions replace the fixed-size quadrature's
+                rv = {a: [d["value"] for d in resolved["end"][a]] for a in resolved["end"]}
+                rb = {a: ([d["lower"] for d in resolved["end"][a]], [d["upper"] for d in resolved["end"][a]])
+                      for a in resolved["end"]}
+                deg, bounds = rv, rb
+                ev2 = (f"Certified fraction of Hessian eigenvalues with |λ| <= {TAU:g} x rms(λ) after training, "
+                       f"resolved adaptively (interval narrower than {cfg['resolve_tol']:g} or "
+                       f"{cfg['resolve_max_matvecs']} Hessian-vector products; value [lower, upper], seed means): "
+                       + _resolved_text(resolved["end"]) + ". " + ev2)
+                numbers["resolved"] = resolved
+            if "init" in resolved:
+                ev2 += " Resolved at initialisation: " + _resolved_text(resolved["init"]) + "."
+                numbers["resolved"] = resolved
+            findings.append(finding(2, fam, {"fraction_degenerate": deg}, gates, ev2, numbers, density,
+                                    bounds={"fraction_degenerate": bounds}, caveats=cav))
             figs.append(_sweep_figure(out, fam, records))
         cm = {a: [cond_measures(r) for r in records[a]] for a in ARCHS}
         cm0 = {a: [cond_measures(r, "init") for r in records[a]] for a in ARCHS}
@@ -138,6 +152,26 @@ def run(ctx: Context, cfg: dict) -> dict:
     figs.append(_condition_figure(out, by_fam))
     figs.append(_diagnostics_figure(out, by_fam))
     return write_outputs(ctx, NAME, cfg, seeds, by_fam, findings, [f for f in figs if f], summary, t0)
+
+
+def _resolved(ctx: Context, cfg: dict, records: dict) -> dict:
+    """{when: {condition: [resolved fraction per seed]}} for the ``resolve_fractions`` checkpoints ([]: none)."""
+    from skipkern.experiments.spectra import resolved_fraction
+    from tqdm.auto import tqdm
+    whens = list(cfg.get("resolve_fractions") or [])
+    jobs = [(w, a, r) for w in whens for a, recs in records.items() for r in recs]
+    out: dict = {}
+    for w, a, r in tqdm(jobs, desc=f"{NAME}: resolved fractions", disable=not ctx.progress or not jobs):
+        d = resolved_fraction(r, ctx, w, TAU, float(cfg.get("resolve_tol", 0.1)),
+                              int(cfg.get("resolve_max_matvecs", 1500)))
+        out.setdefault(w, {}).setdefault(a, []).append(d)
+    return {w: by for w, by in out.items() if all(all(d for d in v) for v in by.values())}
+
+
+def _resolved_text(by: dict) -> str:
+    return "; ".join(f"{a} {np.mean([d['value'] for d in v]):.1%} [{np.mean([d['lower'] for d in v]):.1%}, "
+                     f"{np.mean([d['upper'] for d in v]):.1%}] ({sum(not d['converged'] for d in v)} of {len(v)} "
+                     f"not converged)" for a, v in by.items())
 
 
 def _spectra_files(records: dict) -> dict:

@@ -45,7 +45,13 @@ DEEP_BASE = {
 }
 
 _SPECIFIC = {
-    "architectures": {"tiny": {}, "quick": {}, "full": {}},
+    # resolve_fractions: checkpoints ("init", "end") whose degenerate fraction is also resolved adaptively
+    # after training (spectra.resolved_fraction: ~1000 Hessian-vector products per run and checkpoint at
+    # quick sizes, so off by default in quick mode; `--set resolve_fractions='["init","end"]'` adds them
+    # to finished runs without retraining).
+    "architectures": {"tiny": dict(resolve_fractions=["end"], resolve_tol=0.3, resolve_max_matvecs=60),
+                      "quick": dict(resolve_fractions=[], resolve_tol=0.1, resolve_max_matvecs=1500),
+                      "full": dict(resolve_fractions=[], resolve_tol=0.1, resolve_max_matvecs=1500)},
     "skips": {"tiny": dict(degenerate_fractions=[0.5]),
               "quick": dict(degenerate_fractions=[0.5, 0.9]),
               "full": dict(degenerate_fractions=[0.5, 0.9])},

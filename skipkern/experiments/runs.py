@@ -29,7 +29,8 @@ from skipkern.experiments.common import Context, read_json, write_json
 
 log = logging.getLogger("skipkern")
 
-__all__ = ["RunSpec", "train_run", "cached_record", "cached_records", "run_folder", "deep_spec", "final_metric",
+__all__ = ["RunSpec", "train_run", "cached_record", "cached_records", "run_folder", "deep_spec", "spec_from_identity",
+           "final_metric",
            "initial_metric", "series", "diag_series", "schedule", "RECORD_VERSION"]
 
 RECORD_VERSION = 2
@@ -103,6 +104,17 @@ class RunSpec:
 
 SPEC_KEYS = ("depth", "width", "steps", "lr", "batch_size", "n_train", "n_test", "eval_points", "train_eval_samples",
              "diag_points", "diag_batch", "spectrum_probes", "spectrum_steps", "spectrum_samples", "spectrum_deflate")
+
+
+def spec_from_identity(identity: dict) -> RunSpec:
+    """The RunSpec of a record's identity (the inverse of ``RunSpec.identity``, label aside)."""
+    from dataclasses import fields
+    kw = {f.name: identity[f.name] for f in fields(RunSpec) if f.name in identity}
+    for k in ("batchnorm_layers", "spectra"):
+        kw[k] = tuple(kw.get(k) or ())
+    if kw.get("regularizer"):
+        kw["regularizer"] = tuple(sorted(dict(kw["regularizer"]).items()))
+    return RunSpec(**kw)
 
 
 def deep_spec(cfg: dict, arch: str, seed: int, init: str, **overrides) -> RunSpec:
