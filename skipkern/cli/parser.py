@@ -52,15 +52,18 @@ def number_in(low: float, high: float = math.inf, *, low_open: bool = False):
 POSITIVE, COUNT = int_at_least(1), int_at_least(0)
 
 
-def _common(p: argparse.ArgumentParser, out_default: Optional[str], out_help: Optional[str] = None) -> None:
+def _common(p: argparse.ArgumentParser, out_default: Optional[str], out_help: Optional[str] = None,
+            more_data: str = "") -> None:
     from skipkern.data import DATASETS
 
     g = p.add_argument_group("common options")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
     g.add_argument("--backend", default="auto",
                    help="skip_linear backend of the layers: auto (default), cpp, torch, triton, cuda")
-    g.add_argument("--data", default="mnist1d", choices=DATASETS,
-                   help="data set: mnist1d (default, generated offline), cifar10, cifar100")
+    g.add_argument("--data", default="mnist1d", choices=DATASETS + ((more_data,) if more_data else ()),
+                   help="data set: mnist1d (default, generated offline), cifar10, cifar100" + (
+                       f", {more_data} (with --model: image-shaped data generated offline, smooth class templates "
+                       f"shifted and noised, as the depth experiment's conv study uses)" if more_data else ""))
     g.add_argument("--data-dir", default=None,
                    help="CIFAR: folder with cifar-10-batches-py / cifar-100-python (or that folder itself); "
                         "MNIST-1D: cache folder")
@@ -111,8 +114,8 @@ def _add_train(sub) -> None:
 def _add_checkpoint_command(sub, name: str, helptext: str) -> None:
     from skipkern.nn import ARCHS
 
-    where = {"spectrum": "<run folder>/spectrum", "diagnose": "<run folder>/diagnose, or skipkern_diagnose for a "
-             "fresh net"}[name]
+    where = {"spectrum": "<run folder>/spectrum", "diagnose": "<run folder>/diagnose; --model: <folder>/<stem>_diagnose "
+             "beside the module file or --state-dict; skipkern_diagnose for a fresh net"}[name]
     p = sub.add_parser(name, help=helptext, description=helptext + ". CHECKPOINT is the checkpoint.pt written "
                        "by 'skipkern train' (or its folder). An earlier result in the output folder is never "
                        "overwritten silently: pass --force to replace it, or --out for another folder.")
@@ -130,9 +133,58 @@ def _add_checkpoint_command(sub, name: str, helptext: str) -> None:
         p.add_argument("--hessian-backend", default="auto", choices=("auto", "fused", "generic"),
                        help="auto, fused or generic")
     else:
-        p.add_argument("--depth", type=POSITIVE, default=20)
-        p.add_argument("--width", type=POSITIVE, default=128)
-    _common(p, None, f"output folder (default: {where})")
+        p.add_argument("--depth", type=POSITIVE, default=None, help="fresh net: depth (default 20)")
+        p.add_argument("--width", type=POSITIVE, default=None, help="fresh net: width (default 128)")
+        _add_user_model(p)
+    _common(p, None, f"output folder (default: {where})", more_data="images" if name == "diagnose" else "")
+
+
+def _add_user_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "your own model (--model)", "Diagnose any torch.nn.Module: the outputs of chosen submodules on a batch of "
+        "--samples inputs, captured by forward hooks (skipkern.diagnostics.diagnose_module). Writes elimination, "
+        "overlap, linear_dependence and condition_numbers (.json/.csv/.png/.svg; no gradient norms) and "
+        "diagnose_settings.json.")
+    g.add_argument("--model", default=None, metavar="SPEC",
+                   help="package.module:factory (a callable returning an nn.Module, importable from PYTHONPATH or "
+                        "the current folder) or FILE written by torch.save(model, FILE) (needs --trust-model-file)")
+    g.add_argument("--trust-model-file", action="store_true",
+                   help="allow --model FILE: unpickling a whole module runs code stored in the file (torch.load "
+                        "with weights_only=False), so only for files from a source you trust; the safe way is a "
+                        "factory with --state-dict")
+    g.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of the factory as a JSON object, e.g. '{\"blocks\": 4}'")
+    g.add_argument("--state-dict", default=None, metavar="FILE",
+                   help="weights to load (torch.save(model.state_dict(), FILE); loaded weights-only, no code)")
+    sel = g.add_mutually_exclusive_group()
+    sel.add_argument("--modules", default=None, metavar="NAME,NAME",
+                     help="submodules whose outputs are the layers, as named by model.named_modules() (e.g. "
+                          "layer1,layer2); default: every activation module (nn.ReLU, nn.Tanh, ...; "
+                          "capture_hidden's default)")
+    sel.add_argument("--module-type", default=None, metavar="TYPE,TYPE",
+                     help="every submodule of these classes (or subclasses), e.g. Conv2d,Linear or a class of "
+                          "your own")
+    g.add_argument("--flatten", default=None, choices=("channels", "features", "pool"),
+                   help="outputs [B, C, H, W] as matrices: channels (default; [B H W, C], every sample and "
+                        "position a row), features ([B, C H W]) or pool ([B, C], mean over positions)")
+    g.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                   help="shape of one input sample, e.g. 3,32,32 or 40 (default: the data's, 3,32,32 for "
+                        "cifar10/cifar100/images); the data's rows are reshaped to it")
+    g.add_argument("--random-input", action="store_true",
+                   help="inputs drawn from a standard Gaussian (seed: the first of --seeds) instead of --data; "
+                        "needs --input-shape. Random inputs show the net's geometry at those inputs, not on data")
+
+
+def _shape(text: str) -> tuple:
+    """argparse type: '3,32,32' -> (3, 32, 32), positive ints."""
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas such as 3,32,32, got "
+                                         f"{text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 3,32,32, got {text!r}")
+    return shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "skipkern_results")
     _add_train(sub)
     _add_checkpoint_command(sub, "spectrum", "Hessian eigenvalue density of a saved checkpoint")
-    _add_checkpoint_command(sub, "diagnose", "per-layer singularity diagnostics of a checkpoint (or a fresh net)")
+    _add_checkpoint_command(sub, "diagnose", "per-layer singularity diagnostics of a checkpoint, a fresh net, or "
+                            "your own nn.Module (--model)")
 
     p = sub.add_parser("backends", help="list the skip_linear backends and whether they run here")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
