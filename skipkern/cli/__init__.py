@@ -5,6 +5,7 @@
     skipkern train --arch residual --epochs 20   one training run (checkpoint.pt, metrics.jsonl/csv)
     skipkern spectrum results/train/checkpoint.pt    Hessian eigenvalue density of a checkpoint
     skipkern diagnose results/train/checkpoint.pt    per-layer singularity diagnostics
+    skipkern diagnose --model pkg.nets:resnet --data images   ... of your own nn.Module
     skipkern backends                             which kernels can run here
     skipkern bench                                run the benchmark scripts (bench/ of a source checkout)
 
@@ -18,7 +19,8 @@ traceback. Ctrl-C, even during start-up, prints one line and exits with status 1
 
 Modules: ``parser`` (flags and value checks), ``app`` (dispatch, error lines), one module per command
 (``repro``, ``train``, ``spectrum``, ``diagnose``, ``tools``), ``outputs`` (folder ownership),
-``overrides`` (``repro --set``), ``inputs`` (data and checkpoints), ``dist`` (torchrun).
+``overrides`` (``repro --set``), ``inputs`` (data and checkpoints), ``user_model`` (``diagnose --model``:
+a user's own nn.Module), ``dist`` (torchrun).
 This module imports nothing heavy: the console script imports it before any Ctrl-C guard exists.
 """
 from __future__ import annotations

@@ -124,7 +124,8 @@ def _add_checkpoint_command(sub, name: str, helptext: str) -> None:
                                                              "--depth/--width)" if name == "diagnose" else ""))
     p.add_argument("--arch", default=None, choices=ARCHS, help="expected architecture (error if the checkpoint differs); "
                    "for diagnose without a checkpoint, the net to build (default residual)")
-    p.add_argument("--samples", type=POSITIVE, default=500, help="training samples used (default 500)")
+    p.add_argument("--samples", type=POSITIVE, default=500, help="training samples used (default 500)" + (
+        "; with --model, the inputs of the batch" if name == "diagnose" else ""))
     p.add_argument("--force", action="store_true", help="overwrite an earlier result in the output folder")
     if name == "spectrum":
         p.add_argument("--probes", type=POSITIVE, default=8)
