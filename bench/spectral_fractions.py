@@ -19,11 +19,12 @@ fractions; a method's curve is, per HVP budget, the best of its probe counts (ea
 favourable reading) at the 90th percentile over Hessians x seeds. Coverage: how often skipkern's
 certified 95% intervals contain the exact fraction.
 
-    python bench/spectral_fractions.py [--width 20 --depth 7] [--seeds 4] [--large] [--quick]
+    python bench/spectral_fractions.py [--width 16 --depth 6] [--seeds 2] [--large] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -190,11 +191,11 @@ def adaptive_rows(H: torch.Tensor, ev: np.ndarray, seed: int, max_matvecs: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--width", type=int, default=20)
-    ap.add_argument("--depth", type=int, default=7)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--peer-probes", type=int, default=8)
     ap.add_argument("--peer-seeds", type=int, default=2, help="seeds on which the peers run (the first ones)")
     ap.add_argument("--large", action="store_true", help="also a P ~ 10k Hessian (width 30, depth 10)")
@@ -221,6 +222,7 @@ def main() -> None:
     cases = cases[:args.cases]
     mmax = args.max_steps
     rows, hessians = [], []
+    partial = Path("/tmp") / f"spectral_fractions{('_' + args.tag) if args.tag else ''}.partial.json"
     for arch, width, depth, when in cases:
         t0 = time.perf_counter()
         H, ev, asym = hessian(arch, width, depth, args.samples, args.train_steps if when == "trained" else 0)
@@ -249,6 +251,7 @@ def main() -> None:
                 r["hessian"] = hid
             rows += part
             print(f"  seed {seed}: {len(part)} rows ({time.perf_counter() - t1:.0f} s)", flush=True)
+            partial.write_text(json.dumps({"hessians": hessians, "rows": rows}, default=float))
         del H
     from bench.spectral_fractions_report import summarize
     summary = summarize(rows, hessians, min(args.peer_seeds, len(seeds)))
