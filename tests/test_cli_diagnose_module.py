@@ -232,3 +232,29 @@ def test_state_dict_that_is_a_pickled_module_is_refused_without_unpickling(tmp_p
         line = _one_line_error(capsys, _main(["diagnose", "--model", "usernets:SmallConv", "--state-dict",
                                               str(tmp_path / f), "--out", str(tmp_path / "o")]), needle)
         assert "weights_only" not in line  # torch's advice to unpickle is not passed on
+
+
+@pytest.mark.slow
+def test_data_rows_reshaped_to_the_input_shape(tmp_path, capsys, usernets):
+    """CIFAR rows (from --data-dir) become [3, 32, 32] images; MNIST-1D rows stay flat for a flat net."""
+    from skipkern.data import load_dataset, write_cifar_folder
+    from skipkern.nn import SkipMLP
+
+    write_cifar_folder(tmp_path / "cifar", n_train=12, n_test=2)
+    argv = ["diagnose", "--model", "usernets:resnet", "--data", "cifar10", "--data-dir", str(tmp_path / "cifar"),
+            "--samples", "8", "--out", str(tmp_path / "c")]
+    assert _main(argv) == 0
+    x = load_dataset("cifar10", data_dir=tmp_path / "cifar", n_train=8, n_test=0).x_train.reshape(-1, 3, 32, 32)
+    ref = _api(usernets.resnet(), x)["condition_numbers"]["condition_number"]
+    assert _as_floats(_json(tmp_path / "c", "condition_numbers")["arrays"]["condition_number"]) == pytest.approx(
+        list(ref), rel=1e-4)
+    assert json.loads((tmp_path / "c" / "diagnose_settings.json").read_text())["input_shape"] == [3, 32, 32]
+    _one_line_error(capsys, _main(argv[:-2] + ["--input-shape", "3,16,16", "--out", str(tmp_path / "c2")]),
+                    "--input-shape 3,16,16 holds 768 values per sample, but --data cifar10 has 3072")
+    kw = {"in_features": 40, "width": 6, "depth": 3, "out_features": 10, "seed": 0, "backend": "torch"}
+    assert _main(["diagnose", "--model", "skipkern.nn:SkipMLP", "--model-kwargs", json.dumps(kw), "--samples", "50",
+                  "--out", str(tmp_path / "m")]) == 0
+    d = _json(tmp_path / "m", "linear_dependence")
+    ref = _api(SkipMLP(**kw), load_dataset("mnist1d", n_train=50, n_test=0).x_train)["linear_dependence"]
+    assert d["layers"] == ["layers.0", "layers.1", "layers.2"]  # SkipLinear layers with an activation
+    assert _as_floats(d["arrays"]["participation_ratio"]) == pytest.approx(list(ref["participation_ratio"]), rel=1e-5)
