@@ -263,8 +263,9 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
               + ", ".join(others) + ".", ""]
     lines += ["## Caveats", "",
               "- The paper trained on CIFAR-100 (and CIFAR-10); MNIST-1D is a smaller problem (40 features, 10 classes). "
-              "Quick mode also uses narrower nets (width 32) and a short budget; the paper-size configuration (`skipkern "
-              "repro all`, no --quick) uses width 128 and tens of thousands of samples.",
+              "Quick mode also uses narrower nets (width 32), a short budget and depth 20 for the BiasReg study (30 in "
+              "the paper); the paper-size configuration (`skipkern repro all`, no --quick) uses width 128, depth 30 for "
+              "BiasReg and tens of thousands of samples.",
               "- Settings the paper does not publish (budgets, seeds, preprocessing, the hyper-residual form, the "
               "BiasReg search ranges, the BN layer's position, the degenerate-eigenvalue threshold) are our choices, "
               "recorded in each results.json and changeable with `--set`; the scaled init family is ours "

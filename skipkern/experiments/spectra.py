@@ -139,7 +139,7 @@ def density_figure(out, stem: str, spectra: Mapping[str, Mapping[str, Sequence[s
     if not conds:
         return ""
     fig, axes = new_figure(len(conds), 4, width=4.2, height=2.9)
-    grid_log = np.linspace(-10, 6, 800)
+    grid_log = np.linspace(-10, 6, 480)
     for j, c in enumerate(conds):
         color = color_for(c)
         for i, when in enumerate(("init", "end")):
@@ -150,7 +150,7 @@ def density_figure(out, stem: str, spectra: Mapping[str, Mapping[str, Sequence[s
                 lo = min(float(d.nodes[d.weights > 0].min()) for d in dens)
                 hi = max(float(d.nodes[d.weights > 0].max()) for d in dens)
                 pad = 0.05 * (hi - lo) + 1e-12
-                grid = np.linspace(lo - pad, hi + pad, 2001)
+                grid = np.linspace(lo - pad, hi + pad, 801)
                 logs = [np.log10(np.maximum(np.abs(d.nodes[d.weights > 1e-4]), 1e-12)) for d in dens]
                 ax_l.set_xlim(max(-10.0, min(v.min() for v in logs) - 1), min(6.0, max(v.max() for v in logs) + 1))
             peak = 0.0
