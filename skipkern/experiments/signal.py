@@ -18,7 +18,9 @@ from skipkern.experiments.common import Context, read_json, write_csv, write_jso
 from skipkern.plotting import FAMILY_STYLE, color_for, legend_outside, new_figure, save_figure
 
 NAME = "signal"
-EXCLUDE = ("seeds", "skip_benefit", NAME)  # many runs of conditions shown elsewhere, or this one
+# the paper's conditions (the other experiments repeat them over many seeds or depths); every experiment's
+# flagged runs are listed all the same
+SOURCES = ("architectures", "skips", "malicious", "biasreg")
 
 
 def gather(ctx: Context) -> tuple:
@@ -32,7 +34,7 @@ def gather(ctx: Context) -> tuple:
             continue
         res = read_json(p)
         flagged += [dict(r, experiment=name) for r in res.get("flagged_runs", [])]
-        if name in EXCLUDE:
+        if name not in SOURCES:
             continue
         for fam, conds in (res.get("signal") or {}).items():
             for c, entry in conds.items():
@@ -102,8 +104,9 @@ def _figure(out, sig: dict) -> str:
                 ax.scatter(np.full(v.size, k) + np.linspace(-0.15, 0.15, v.size), v, color=col, s=14)
                 ax.scatter([k], [np.nanmean(v)], color=col, marker="_", s=300)
         lnc = next(iter(conds.values()))["ln_c"]
-        ax_l.axhline(lnc, color="k", ls="--", lw=0.8, label="ln C")
-        ax_l.axhline(2 * lnc, color="k", ls=":", lw=0.8, label="2 ln C (flag)")
+        for y, ls, lab in ((lnc, "--", "ln C"), (2 * lnc, ":", "2 ln C (flag)")):
+            ax_l.axhline(y, color="k", ls=ls, lw=0.8)
+            ax_l.text(1.01, y, lab, transform=ax_l.get_yaxis_transform(), va="center", fontsize=7)
         for ax in (ax_i, ax_f):
             ax.set_yscale("log")
             ax.set_xlabel("hidden layer")
@@ -120,7 +123,6 @@ def _figure(out, sig: dict) -> str:
             ax.set_ylabel(lab)
             ax.set_title(f"{fam} init: {t}", fontsize=10)
             ax.grid(alpha=0.3, axis="y")
-        legend_outside(ax_l)
     legend_outside(fig, axes[0].get_legend_handles_labels()[0])
     save_figure(fig, out, "signal_propagation")
     return "signal_propagation"
