@@ -20,7 +20,7 @@ from skipkern.experiments.common import PAPER_CLAIMS, read_json, write_csv, writ
 from skipkern.experiments.registry import ORDER, RECIPES
 from skipkern.experiments.verdicts import INCONCLUSIVE, INVALID, NOT_REPRODUCED, REPRODUCED
 
-__all__ = ["collect", "write_report", "machine"]
+__all__ = ["collect", "write_report", "machine", "summary_table", "summary_markdown"]
 
 _BADGE = {REPRODUCED: "**reproduced**", NOT_REPRODUCED: "**not reproduced**", INCONCLUSIVE: "**inconclusive**",
           INVALID: "**invalid**", "not run": "not run", "failed": "**failed**"}
@@ -146,33 +146,9 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
     lines.append("")
 
     # ------------------------------------------------------------------------------------ summary
-    lines += ["## Summary", "", "Effect: the registered predictions' effects (a - b, or r_s) with 95% intervals.", "",
-              "| # | Paper result | " + " | ".join(FAMILY_TITLE.get(f, f) for f in fams) + " |",
-              "|---|---|" + "---|" * len(fams)]
-    rows = []
-    results_ids = sorted(set(found) | {k for k in PAPER_CLAIMS if k > 0}, key=_sort_key)
-    for k in results_ids:
-        by = found.get(k, {})
-        claim = next((f["claim"] for f in by.values()), PAPER_CLAIMS.get(k, str(k)))
-        cells = []
-        for i, fam in enumerate(fams):
-            f = by.get(fam) or by.get("")
-            if f is not None and not f.get("family") and i > 0:  # one finding for both families
-                cells.append("(same: does not depend on the init family)")
-                continue
-            if f is None:
-                exp = _experiment_of(k)
-                v = "failed" if exp in failed else "not run"
-                cells.append(_BADGE[v])
-                rows.append({"result": k, "family": fam, "claim": claim, "verdict": v, "reason": failed.get(exp, ""),
-                             "effects": "", "evidence": ""})
-                continue
-            cells.append(f"{_label(f)}<br>{_primary(f)}")
-            rows.append({"result": k, "family": fam, "claim": claim, "verdict": f["verdict"], "reason": f.get("reason", ""),
-                         "effects": _primary(f), "evidence": f["evidence"]})
-        tag = "simplified" if k == 0 else k
-        lines.append(f"| {tag} | {claim} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    lines.append("")
+    lines += ["## Summary", "", "Effect: the registered predictions' effects (a - b, or r_s) with 95% intervals.", ""]
+    table, rows, results_ids = summary_table(found, fams, failed)
+    lines += table + [""]
     for fam in fams:
         counts = {}
         for r in rows:
@@ -281,6 +257,47 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
                                       "total_s": total_s, "compute_s": {n: compute_seconds(r) for n, r in results.items()}})
     write_csv(out / "summary.csv", rows)
     return path
+
+
+def summary_table(found: dict, fams: list, failed: Optional[dict] = None) -> tuple:
+    """(Markdown lines of the summary table, one row dict per result and family, the result ids in order)."""
+    failed = failed or {}
+    lines = ["| # | Paper result | " + " | ".join(FAMILY_TITLE.get(f, f) for f in fams) + " |",
+             "|---|---|" + "---|" * len(fams)]
+    rows = []
+    results_ids = sorted(set(found) | {k for k in PAPER_CLAIMS if k > 0}, key=_sort_key)
+    for k in results_ids:
+        by = found.get(k, {})
+        claim = next((f["claim"] for f in by.values()), PAPER_CLAIMS.get(k, str(k)))
+        cells = []
+        for i, fam in enumerate(fams):
+            f = by.get(fam) or by.get("")
+            if f is not None and not f.get("family") and i > 0:  # one finding for both families
+                cells.append("(same: does not depend on the init family)")
+                continue
+            if f is None:
+                exp = _experiment_of(k)
+                v = "failed" if exp in failed else "not run"
+                cells.append(_BADGE[v])
+                rows.append({"result": k, "family": fam, "claim": claim, "verdict": v, "reason": failed.get(exp, ""),
+                             "effects": "", "evidence": ""})
+                continue
+            cells.append(f"{_label(f)}<br>{_primary(f)}")
+            rows.append({"result": k, "family": fam, "claim": claim, "verdict": f["verdict"], "reason": f.get("reason", ""),
+                         "effects": _primary(f), "evidence": f["evidence"]})
+        tag = "simplified" if k == 0 else k
+        lines.append(f"| {tag} | {claim} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines, rows, results_ids
+
+
+def summary_markdown(out: Union[str, os.PathLike], results: Optional[tuple] = None) -> str:
+    """The summary table of the results under ``out`` (for a README); ``results`` keeps only those
+    paper results (e.g. range(0, 8))."""
+    found = _findings(collect(out))
+    if results is not None:
+        found = {k: v for k, v in found.items() if k in set(results)}
+    fams = sorted({fam for by in found.values() for fam in by if fam}, key=lambda f: (f != "glorot", f)) or ["glorot"]
+    return "\n".join(summary_table(found, fams)[0])
 
 
 def _experiment_of(result) -> str:
