@@ -17,7 +17,8 @@
 // tile) with the elementwise epilogue fused into the write-back, so an R-tensor is written once and
 // the [n, k, width] intermediates of a separate GEMM + epilogue never exist. Packed B panels: W, W^T
 // and the directions once per call; the row-tiled kernels split (direction, row chunk) pairs over
-// the threads, rop_layer_grad splits directions (in groups with one buffer slot each). Any OpenMP team size gives the same result: no
+// the threads, rop_layer_grad splits (direction, row block of res) pairs, directions in groups with one
+// buffer slot each. Any OpenMP team size gives the same result: no
 // scratch is indexed by thread number and every output element is reduced by one thread in a fixed
 // order.
 #include <omp.h>
@@ -151,19 +152,19 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
   using V = Vec<T>;
   using R = typename V::reg;
   constexpr int MR = kMR, NV = kNV, NR = kNR<T>;
-  const long npk = ceil_div(K, NR);
+  const long npk = ceil_div(K, NR), nib = ceil_div(N, MR);
   const bool ragged = K % NR != 0;   // the last column block of Ra_j is packed (zero padded), not read in place
   const long ldn = round_up(N, MR);  // padded row stride of the col-layout A operands
+  const bool copy = Rgz && ldn != N;
   Scratch& ws = thread_scratch();
   T* ap = Rgz ? ws.get<T>(0, npk * n * NR) : nullptr;       // h panels [npk][n][NR] (the bias column apart)
   T* gzp = (gz && Ra) ? ws.get<T>(1, n * ldn) : nullptr;    // gz, rows padded to ldn
-  // Per direction being worked on: Rgz_j padded to [n, ldn] (when N is not a multiple of MR), the last
-  // Ra_j panel [n][NR] (when K is not a multiple of NR) and the bias sums [ldn]. Directions go in groups
-  // of G slots (G fixed before the regions), each slot used by one direction at a time whatever the team.
-  const bool copy = Rgz && ldn != N;
-  const std::size_t per_dir = (copy ? n * ldn : 0) + ((gzp && ragged) ? n * NR : 0) + ldn;
+  // Per direction of a group: Rgz_j padded to [n, ldn] (when N is not a multiple of MR) and the last Ra_j
+  // panel [n][NR] (when K is not a multiple of NR). Groups of G directions, G fixed before the regions:
+  // the group's buffers are filled, then its (direction, MR rows of res_j) tiles are shared out.
+  const std::size_t per_dir = (copy ? n * ldn : 0) + ((gzp && ragged) ? n * NR : 0);
   const long G = std::min<long>(k, std::max(1, omp_get_max_threads()));
-  T* dirbuf = ws.get<T>(2, G * per_dir);
+  T* dirbuf = ws.get<T>(2, std::max<std::size_t>(1, G * per_dir));
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
@@ -175,35 +176,40 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
         std::copy(gz + r * N, gz + r * N + N, gzp + r * ldn);
         std::fill(gzp + r * ldn + N, gzp + r * ldn + ldn, T(0));
       }
-  }
-  for (long g0 = 0; g0 < k; g0 += G) {
-#pragma omp parallel for schedule(static, 1)
-    for (long slot = 0; slot < std::min(G, k - g0); ++slot) {
-      const long j = g0 + slot;
-      T* buf = dirbuf + slot * per_dir;
-      T* tail = buf + (copy ? n * ldn : 0);
-      T* dbs = tail + ((gzp && ragged) ? n * NR : 0);
-      const T* rj = Rgz ? Rgz + j * n * N : nullptr;
-      const T* raj = Ra ? Ra + j * n * K : nullptr;
-      if (copy) {
-        for (long r = 0; r < n; ++r) {
-          std::copy(rj + r * N, rj + r * N + N, buf + r * ldn);
-          std::fill(buf + r * ldn + N, buf + r * ldn + ldn, T(0));
+    for (long g0 = 0; g0 < k; g0 += G) {
+      const long gn = std::min(G, k - g0);
+      auto rgz_of = [&](long slot) -> const T* {
+        return copy ? dirbuf + slot * per_dir : (Rgz ? Rgz + (g0 + slot) * n * N : nullptr);
+      };
+      if (per_dir) {
+#pragma omp for schedule(static)
+        for (long slot = 0; slot < gn; ++slot) {
+          T* buf = dirbuf + slot * per_dir;
+          const long j = g0 + slot;
+          if (copy)
+            for (long r = 0; r < n; ++r) {
+              std::copy(Rgz + (j * n + r) * N, Rgz + (j * n + r) * N + N, buf + r * ldn);
+              std::fill(buf + r * ldn + N, buf + r * ldn + ldn, T(0));
+            }
+          if (gzp && ragged) pack_panel(Ra + j * n * K, n, K, K, npk - 1, buf + (copy ? n * ldn : 0));
         }
-        rj = buf;
       }
-      if (gzp && ragged) pack_panel(raj, n, K, K, npk - 1, tail);
-      T* rs = res + j * N * Ka;
-      for (long jp = 0; jp < npk; ++jp) {
-        const long q0 = jp * NR;
-        const bool packed = ragged && jp == npk - 1;
-        for (long ib = 0; ib < N; ib += MR) {
+#pragma omp for schedule(dynamic, 1)
+      for (long task = 0; task < gn * nib; ++task) {
+        const long slot = task / nib, ib = (task % nib) * MR, j = g0 + slot;
+        const T* rj = rgz_of(slot);
+        const T* raj = Ra ? Ra + j * n * K : nullptr;
+        const T* tail = dirbuf + slot * per_dir + (copy ? n * ldn : 0);
+        T* rs = res + j * N * Ka;
+        const int nr = static_cast<int>(std::min<long>(MR, N - ib));
+        for (long jp = 0; jp < npk; ++jp) {
+          const long q0 = jp * NR;
+          const bool packed = ragged && jp == npk - 1;
           R c[MR][NV];
           zero_tile<T, MR, NV>(c);
           if (Rgz) micro_kernel<T, MR, NV, true, false>(c, c, rj + ib, ldn, ap + jp * n * NR, nullptr, n);
           if (gzp)
             micro_kernel_ldb<T, MR, NV, true>(c, gzp + ib, ldn, packed ? tail : raj + q0, packed ? NR : K, n);
-          const int nr = static_cast<int>(std::min<long>(MR, N - ib));
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
             if (i >= nr) break;
@@ -216,15 +222,12 @@ void grad(const T* Rgz, const T* A, const T* gz, const T* Ra, T* res, long n, lo
             }
           }
         }
-      }
-      if (Rgz && Ka == K + 1) {  // the bias column: R db_j = sum over rows of R delta_j
-        std::fill(dbs, dbs + ldn, T(0));
-        for (long r = 0; r < n; ++r)
-          for (long c = 0; c < N; c += V::size) {
-            const int nl = static_cast<int>(std::min<long>(V::size, N - c));
-            store_lanes(dbs + c, V::add(load_lanes(dbs + c, nl), load_lanes(rj + r * ldn + c, nl)), nl);
-          }
-        for (long c = 0; c < N; ++c) rs[c * Ka + K] += dbs[c];
+        if (Rgz && Ka == K + 1) {  // the bias column of these rows: R db_j = sum over samples of R delta_j
+          T sums[MR] = {};
+          for (long r = 0; r < n; ++r)
+            for (int i = 0; i < nr; ++i) sums[i] += rj[r * ldn + ib + i];
+          for (int i = 0; i < nr; ++i) rs[(ib + i) * Ka + K] += sums[i];
+        }
       }
     }
   }

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skipkern.hessian import HessianOperator, spectral_density, top_eigenvalues, trace
+from skipkern.hessian import HessianOperator, spectral_density, spectral_fraction, top_eigenvalues, trace
 from skipkern.nn import SkipMLP
 from tests.dist_utils import run_ranks
 
@@ -141,7 +141,15 @@ def _two_ranks(rank, world):
     dens = spectral_density(op, **DENSITY)
     summed = HessianOperator(_model(), _sum_ce, (x[sl], y[sl]), batch_size=BATCH)  # reduction measured
     return {"hv": op.matmat(_probes(op.shape[0])), "nodes": dens.nodes, "weights": dens.weights,
-            "counts": op.shard_counts, "sum_hv": summed.matmat(_probes(op.shape[0]))}
+            "counts": op.shard_counts, "sum_hv": summed.matmat(_probes(op.shape[0])), **_certified(op)}
+
+
+def _certified(op) -> dict:
+    """Deflated density and the adaptive driver: the same decisions and numbers on every rank."""
+    dens = spectral_density(op, num_probes=2, num_steps=8, seed=3, deflate="auto", progress=False)
+    r = spectral_fraction(op, {"neg": (-float("inf"), -1e-3)}, tol=0.3, max_matvecs=120, seed=3, progress=False)
+    f = r.fractions["neg"]
+    return {"defl_nodes": dens.nodes, "adaptive": [f.value, f.lower, f.upper, r.num_matvecs, r.num_steps]}
 
 
 def _sum_ce(out, target):
@@ -163,3 +171,10 @@ def test_two_rank_hessian_matches_single_process():
         torch.testing.assert_close(torch.as_tensor(o["nodes"]), torch.as_tensor(ref.nodes), rtol=0, atol=1e-8)
         torch.testing.assert_close(torch.as_tensor(o["weights"]), torch.as_tensor(ref.weights), rtol=0, atol=1e-8)
     assert (torch.as_tensor(outs[0]["nodes"]) == torch.as_tensor(outs[1]["nodes"])).all()  # same state on both ranks
+    ref_cert = _certified(ref_op)
+    for o in outs:
+        torch.testing.assert_close(torch.as_tensor(o["defl_nodes"]), torch.as_tensor(ref_cert["defl_nodes"]),
+                                   rtol=0, atol=1e-8)
+        assert o["adaptive"][3:] == ref_cert["adaptive"][3:]  # the same products and steps
+        torch.testing.assert_close(torch.tensor(o["adaptive"][:3]), torch.tensor(ref_cert["adaptive"][:3]),
+                                   rtol=0, atol=1e-8)
