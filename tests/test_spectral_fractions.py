@@ -70,6 +70,8 @@ def test_auto_deflation_finds_the_outliers_and_only_them():
     two = find_outliers(operator(ev), 2, seed=0)
     np.testing.assert_allclose(np.sort(two.values), [150.0, 300.0], rtol=1e-9)
     assert find_outliers(operator(spectrum(400, outliers=())), "auto", seed=0).count == 0  # no outliers
+    both = find_outliers(operator(spectrum(400, outliers=(-250.0, -80.0, 120.0))), "auto", seed=0)
+    np.testing.assert_allclose(np.sort(both.values), [-250.0, -80.0, 120.0], rtol=1e-9)  # bottom ones too
     with pytest.raises(ValueError, match="deflate"):
         find_outliers(op, -1)
 
