@@ -12,8 +12,8 @@ float64 matrix (a dense operator), so the HVP counts compare like with like:
                  eigh, its HVP swapped for the dense matrix), fraction from its nodes and weights
   curvlinops     curvlinops fast_lanczos (Papyan 2020, no reorthogonalisation), fraction from its nodes
                  and weights (its smoothed density cannot resolve these thresholds at all)
-Lanczos prefixes are Lanczos runs with fewer steps, so one run per method, seed and Hessian gives every
-(probes, steps) budget. Fractions: degenerate |lambda| <= tau rms and negative lambda < -tau rms
+Lanczos prefixes are Lanczos runs with fewer steps, so two runs per method, seed and Hessian (16 probes x
+256 steps and 4 probes x 1024 steps; PyHessian to 512) give every (probes, steps) budget. Fractions: degenerate |lambda| <= tau rms and negative lambda < -tau rms
 (rms = sqrt(tr H^2 / P), tau as in the experiments). Per budget the error is the worst over the
 fractions; a method's curve is, per HVP budget, the best of its probe counts (each method's most
 favourable reading) at the 90th percentile over Hessians x seeds. Coverage: how often skipkern's
@@ -44,8 +44,9 @@ from skipkern.nn import SkipMLP  # noqa: E402
 
 ARCHS = ("plain", "residual", "orthogonal", "degenerate", "hyper_residual")
 TAUS = (1e-3, 1e-2, 1e-1)
-STEPS = (8, 16, 32, 64, 128, 256)
+STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
 PROBES = (1, 2, 4, 8, 16)
+SHORT, LONG = (16, 256), (4, 1024)  # (probes, steps) of the two lockstep runs per method: many short, few long
 CERTIFIED = (4, 16)  # probe counts whose certified intervals are computed (coverage); all get point estimates
 TOLS = (0.1, 0.05, 0.02)
 
@@ -119,8 +120,9 @@ def first_probes(d: SpectralDensity, k: int) -> SpectralDensity:
     return out
 
 
-def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int, mmax: int) -> list:
-    """Rows (method, probes, steps, hvps, fraction, value, lower, upper, truth) of one plain or deflated run."""
+def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int, mmax: int, mmin: int = 1) -> list:
+    """Rows (method, probes, steps, hvps, fraction, value, lower, upper, truth) of one plain or deflated run
+    of kmax probes and mmax steps, at its step prefixes >= mmin."""
     op = DenseOperator(H)
     slq = make_slq(op, deflate, None, seed, "full", False)
     slq.add_probes(kmax)
@@ -134,7 +136,7 @@ def skipkern_runs(H: torch.Tensor, ev: np.ndarray, seed: int, deflate, kmax: int
         meta["deflation"] = {"residual": d.residual}
     rows, tr = [], truth(ev)
     for m in STEPS:
-        if m > res.alphas.shape[1]:
+        if m > res.alphas.shape[1] or m < mmin:
             continue
         full = from_lanczos(truncate(res, kmax, m), H.shape[0], deflated=lam, meta=meta, grid=2)
         for k in PROBES:
@@ -195,16 +197,15 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--peer-probes", type=int, default=8)
-    ap.add_argument("--peer-seeds", type=int, default=2, help="seeds on which the peers run (the first ones)")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--peer-probes", type=int, default=4)
+    ap.add_argument("--peer-seeds", type=int, default=1, help="seeds on which the peers run (the first ones)")
     ap.add_argument("--large", action="store_true", help="also a P ~ 10k Hessian (width 30, depth 10)")
     ap.add_argument("--quick", action="store_true", help="two architectures, two seeds (a smoke run)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=256, help="Lanczos steps of the longest run")
+    ap.add_argument("--max-steps", type=int, default=1024, help="Lanczos steps of the longest run")
     ap.add_argument("--tols", type=float, nargs="+", default=list(TOLS), help="widths asked of the adaptive driver")
-    ap.add_argument("--adaptive-budget", type=int, default=4096, help="max_matvecs of the adaptive driver "
-                    "(default: the largest plain SLQ run, 16 probes x 256 steps)")
+    ap.add_argument("--adaptive-budget", type=int, default=8192, help="max_matvecs of the adaptive driver")
     ap.add_argument("--cases", type=int, default=None, help="only the first N Hessians (smoke runs)")
     ap.add_argument("--tag", default="")
     add_result_args(ap)
@@ -238,13 +239,17 @@ def main() -> None:
         hid = len(hessians) - 1
         for seed in seeds:
             t1 = time.perf_counter()
-            part = skipkern_runs(H, ev, seed, 0, 16, mmax) + skipkern_runs(H, ev, seed, "auto", 16, mmax)
+            part = []
+            for deflate in (0, "auto"):  # many probes x short runs, few probes x long runs
+                part += skipkern_runs(H, ev, seed, deflate, SHORT[0], min(SHORT[1], mmax))
+                part += skipkern_runs(H, ev, seed, deflate, LONG[0], mmax, mmin=SHORT[1] + 1)
             part += adaptive_rows(H, ev, seed, args.adaptive_budget, args.tols)
-            for name, fn in (("PyHessian", pyhessian_quadrature), ("curvlinops", curvlinops_quadrature)):
+            for name, fn, steps in (("PyHessian", pyhessian_quadrature, min(mmax, 512)),
+                                    ("curvlinops", curvlinops_quadrature, mmax)):
                 if seed >= args.peer_seeds:
                     break
                 try:
-                    part += peer_rows(name, fn, H, ev, seed, args.peer_probes, mmax)
+                    part += peer_rows(name, fn, H, ev, seed, args.peer_probes, steps)
                 except ImportError as exc:
                     print(f"  {name} skipped: {exc}")
             for r in part:
