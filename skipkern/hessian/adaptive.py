@@ -3,10 +3,13 @@ width, with as few operator-vector products as the bounds allow.
 
 After the outlier deflation (skipkern.hessian.deflation), probes uniform on the sphere of the
 deflated space give a probe error that is known in advance (skipkern.hessian.fractions: the
-half-width c = sqrt(log(2/delta) / (k (n + 2))) depends only on k and n), so the number of probes is
-chosen up front to spend half of ``tol`` on it. Lanczos steps are then added (x1.5 at a time) until
-every interval is narrower than ``tol`` (the quadrature part shrinks with the steps, to zero when
-they span the space); when the probe part dominates, probes are added instead. The loop stops at
+half-width c = sqrt(log(2/delta) / (k (n + 2))) depends only on k and n). The run starts with the
+probes that spend half of ``tol`` on it, at most four: on Hessians the quadrature error dominates
+and shrinks only slowly with the steps (measured in bench/spectral_fractions.py: a few probes with
+long runs beat many probes with short ones for the same products), so steps come first. Lanczos steps
+are added (x1.5 at a time) while the quadrature part of the widest interval dominates (it shrinks with
+the steps, to zero when they span the space); when the probe part dominates, exactly the probes that
+bring it below what ``tol`` leaves are added (run up to the current steps). The loop stops at
 convergence or before a step would exceed ``max_matvecs``.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ from skipkern.hessian.slq import make_slq
 __all__ = ["spectral_fraction", "FractionResult"]
 
 Interval = tuple[float, float]
+START_PROBES = 4
 
 
 @dataclass
@@ -89,9 +93,9 @@ def _intervals(interval) -> dict[str, Interval]:
     return out
 
 
-def probes_for(tol: float, n: int, P: int, confidence: float, share: float = 0.5) -> int:
-    """Sphere probes that keep the probe part of the width at ``share`` * tol: 2 c n / P <= share tol."""
-    c = share * tol * P / (2.0 * n)
+def probes_for(width: float, n: int, P: int, confidence: float) -> int:
+    """Sphere probes whose part of the certified width is at most ``width``: 2 c n / P <= width."""
+    c = max(width, 1e-12) * P / (2.0 * n)
     return max(1, math.ceil(math.log(2.0 / (1.0 - confidence)) / (c * c * (n + 2))))
 
 
@@ -125,7 +129,7 @@ def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 200
         raise ValueError(f"max_matvecs must be a positive int, got {max_matvecs!r}")
     slq = make_slq(op, deflate, "sphere", seed, "full", progress)
     P, n = slq.P, slq.n
-    k = min(max_probes, probes_for(tol, n, P, confidence))
+    k = min(max_probes, probes_for(tol / 2, n, P, confidence), START_PROBES)
     m = max(2, min(num_steps, n))
     if slq.num_matvecs + k * m > max_matvecs:  # the budget is small: fewer probes first
         k = max(1, min(k, (max_matvecs - slq.num_matvecs) // m))
@@ -154,8 +158,9 @@ def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 200
                     converged = False
                     break
                 slq.extend(new_m)
-            else:
-                add = min(max_probes - slq.num_probes, slq.num_probes, left // max(slq.m, 1))
+            else:  # the probes that leave the probe part below what tol leaves beside the quadrature
+                need = probes_for(max(tol - worst.quadrature_width, tol / 4), n, P, confidence)
+                add = min(max_probes - slq.num_probes, max(need - slq.num_probes, 1), left // max(slq.m, 1))
                 if add < 1:
                     converged = False
                     break
