@@ -193,11 +193,12 @@ class HessianOperator(CurvatureOperator):
         dtype: dtype of the products (default: the first parameter's); parameters, buffers and floating
             data are cast to it.
         backend: "auto" (fused when supported, else generic, the reason logged), "fused" or "generic".
-        memory_budget: bytes of working memory per product chunk (default 1 GiB); directions and rows
+        memory_budget: bytes of working memory of a product (default 1 GiB); directions and rows
             are chunked to fit, which does not change the result beyond rounding. The fused backend
-            also keeps its primal pass per batch (reused while data and parameters are unchanged, as
-            in Lanczos) and its [rows, k, width] buffers, within half the budget for the former;
-            ``release_workspace()`` frees both.
+            counts everything it holds against it: directions and results, its [rows, k, width]
+            buffers kept between products, the C++ kernels' scratch, and the primal passes it caches
+            (reused while the rows and the parameters keep their values, as in Lanczos) with one
+            parameter snapshot (skipkern.hessian.fused_memory); ``release_workspace()`` frees them.
         train_mode: evaluate in train mode (default False: eval mode). The modes of all submodules are
             restored after each product; BatchNorm running statistics are never updated.
         process_group: "default" (the default group when torch.distributed is initialised, else
