@@ -380,6 +380,20 @@ def test_backend_resolution(monkeypatch):
     assert skipkern.backends.last_used() == ("cpp" if cpp_ok else "torch")
 
 
+def test_auto_skips_backends_that_cannot_honour_the_precision(monkeypatch):
+    """precision="tf32" with backend auto on CUDA must go to triton (cuda's fp32 products are IEEE), not
+    resolve to cuda and then raise; an explicit backend that cannot honour it still raises."""
+    from skipkern import backends
+    monkeypatch.setattr(backends, "can_run", lambda name, *a, **k: (True, ""))
+    monkeypatch.delenv("SKIPKERN_BACKEND", raising=False)
+    pick = backends.resolve("skip_linear", "auto", torch.device("cuda"), torch.float32, precision="tf32")
+    assert pick == "triton"
+    assert backends.resolve("skip_linear", "auto", torch.device("cuda"), torch.float32, precision="ieee") == "cuda"
+    assert backends.resolve("skip_linear", "auto", torch.device("cuda"), torch.float32) == "cuda"
+    with pytest.raises(ValueError, match="tf32"):
+        skip_linear(torch.randn(2, 3), torch.randn(3, 3), backend="cpp", precision="tf32")
+
+
 def test_available_lists_every_backend_with_reason():
     st = {b.name: b for b in skipkern.backends.available()}
     assert set(st) == {"torch", "cpp", "triton", "cuda"}

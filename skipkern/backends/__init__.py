@@ -117,8 +117,22 @@ def can_run(name: str, op: str, device_type: str, dtype: torch.dtype, shapes: Se
     return launcher(name).supports(op, device_type, dtype, shapes)
 
 
+def _honours(name: str, precision: Optional[str], dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether backend ``name`` can run the fp32 dot ``precision`` asked for (None asks for nothing)."""
+    if precision is None:
+        return True, ""
+    check = getattr(launcher(name), "check_precision", None)
+    if check is None:
+        return True, ""
+    try:
+        check(precision, dtype)
+    except ValueError as exc:
+        return False, str(exc)
+    return True, ""
+
+
 def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.dtype,
-            shapes: Sequence = ()) -> str:
+            shapes: Sequence = (), precision: Optional[str] = None) -> str:
     """Pick the backend that runs ``op`` on tensors of this device/dtype/shapes.
 
     Args:
@@ -126,6 +140,8 @@ def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.
         backend: "auto", None, or a backend name. None/"auto" defer to SKIPKERN_BACKEND, then auto.
         device, dtype: of the op's main input.
         shapes: the op's input shapes, passed to each backend's ``supports``.
+        precision: the fp32 dot precision the call asks for; auto skips backends that cannot honour it
+            (e.g. "tf32" on CUDA goes to triton), an explicit backend is not second-guessed here.
     """
     requested = _requested(backend)
     device_type = torch.device(device).type
@@ -147,6 +163,8 @@ def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.
     skipped = []
     for name in AUTO_ORDER.get(device_type, ("torch",)):
         ok, reason = can_run(name, op, device_type, dtype, shapes)
+        if ok:
+            ok, reason = _honours(name, precision, dtype)
         if ok:
             if skipped:
                 key = (op, device_type, dtype, tuple(skipped))

@@ -184,7 +184,7 @@ class _SkipLinearBwdFn(torch.autograd.Function):
 def _resolve(backend: str, device: torch.device, dtype: torch.dtype, x_shape: tuple, w_shape: tuple,
              precision: str) -> str:
     # Backend choice is host-side Python (imports, env, warnings): torch.compile treats it as a constant.
-    name = backends.resolve("skip_linear", backend, device, dtype, (x_shape, w_shape))
+    name = backends.resolve("skip_linear", backend, device, dtype, (x_shape, w_shape), precision=precision)
     backends.launcher(name).check_precision(precision, dtype)  # "tf32" where it cannot be honoured raises
     return name
 
