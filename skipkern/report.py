@@ -316,6 +316,15 @@ def _section(name: str, sec: dict, out: Path) -> list:
     return lines
 
 
+def _cell(value, fmt: str) -> str:
+    """A table cell: "-" where the gate has no such number (a regression task has no accuracy)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else format(v, fmt)
+
+
 def _gates(results: dict) -> list:
     rows = []
     for name, res in results.items():
@@ -332,8 +341,8 @@ def _gates(results: dict) -> list:
     for name, fam, c, g in rows:
         n = g.get("numbers", {})
         status = "pass" if g["ok"] else f"**fail**: {g['reason']}"
-        lines.append(f"| {name} | {fam} | {c} | {n.get('n', '')} | {n.get('mean_init_loss', math.nan):.4g} | "
-                     f"{n.get('mean_final_loss', math.nan):.4g} | {n.get('mean_final_acc', math.nan):.1%} | {status} |")
+        lines.append(f"| {name} | {fam or '-'} | {c} | {n.get('n', '')} | {_cell(n.get('mean_init_loss'), '.4g')} | "
+                     f"{_cell(n.get('mean_final_loss'), '.4g')} | {_cell(n.get('mean_final_acc'), '.1%')} | {status} |")
     return lines + [""]
 
 

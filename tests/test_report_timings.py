@@ -36,3 +36,16 @@ def test_cached_rerun_keeps_the_measured_compute_time(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["compute_s"]["malicious"] == pytest.approx(compute_seconds(again))
     assert summary["timings"]["malicious"] == pytest.approx(wall)
+
+
+def test_gate_table_shows_a_dash_where_a_number_does_not_apply():
+    """A regression task (connectivity) has no accuracy: its gate row says "-", never "nan%"."""
+    from skipkern.report import _gates
+    results = {"connectivity": {"gates": {"": {"n=2 plain": {"ok": True, "reason": "", "numbers": {
+        "n": 80, "mean_init_loss": 1.9, "mean_final_loss": 0.0034, "mean_final_acc": float("nan")}}}}},
+               "architectures": {"gates": {"glorot": {"plain": {"ok": True, "reason": "", "numbers": {
+                   "n": 5, "mean_init_loss": 2.3, "mean_final_loss": 1.1, "mean_final_acc": 0.5}}}}}}
+    text = "\n".join(_gates(results))
+    assert "nan" not in text
+    assert "| connectivity | - | n=2 plain | 80 | 1.9 | 0.0034 | - | pass |" in text
+    assert "| architectures | glorot | plain | 5 | 2.3 | 1.1 | 50.0% | pass |" in text
