@@ -7,25 +7,30 @@ symmetric) and diagonalised by torch.linalg.eigvalsh (the truth). Every method m
 float64 matrix (a dense operator), so the HVP counts compare like with like:
   plain SLQ      skipkern spectral_density, Rademacher probes, no deflation (Gauss point estimate)
   deflated SLQ   skipkern spectral_density(deflate="auto"): outliers by Lanczos, SLQ on the rest
-  adaptive       skipkern spectral_fraction(tol=...): adds steps/probes until the certified width < tol
+  adaptive       skipkern spectral_fraction(tol=...): adds steps/probes until the certified width < tol;
+                 its answer per tol, and ("adaptive, per round") the estimate of the smallest tol's run
+                 after its last round within each budget (its history: what a smaller max_matvecs returns)
   PyHessian      PyHessian 0.1 density() (its Lanczos code, one probe at a time; torch.eig shimmed by
                  eigh, its HVP swapped for the dense matrix), fraction from its nodes and weights
   curvlinops     curvlinops fast_lanczos (Papyan 2020, no reorthogonalisation), fraction from its nodes
                  and weights (its smoothed density cannot resolve these thresholds at all)
 Lanczos prefixes are Lanczos runs with fewer steps, so two runs per method, seed and Hessian (16 probes x
-256 steps and 4 probes x 1024 steps; PyHessian to 512) give every (probes, steps) budget. Fractions: degenerate |lambda| <= tau rms and negative lambda < -tau rms
-(rms = sqrt(tr H^2 / P), tau as in the experiments). Per budget the error is the worst over the
+256 steps and 4 probes x 1024 steps; PyHessian to 512) give every (probes, steps) budget. Fractions:
+degenerate |lambda| <= tau rms and negative lambda < -tau rms (rms = sqrt(tr H^2 / P), tau as in the
+experiments). Per budget the error is the worst over the
 fractions; a method's curve is, per HVP budget, the best of its probe counts (each method's most
 favourable reading) at the 90th percentile over Hessians x seeds. Coverage: how often skipkern's
-certified 95% intervals contain the exact fraction.
+certified 95% intervals contain the exact fraction (all seeds; errors on the --peer-seeds, where every
+method ran). Seed 0 runs on every Hessian first; the JSON and figure are rewritten after every Hessian
+(extra.done: the (seed, hessian) pairs finished), so a run cut short keeps what it finished.
 
     python bench/spectral_fractions.py [--width 16 --depth 6] [--seeds 2] [--large] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +53,7 @@ STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
 PROBES = (1, 2, 4, 8, 16)
 SHORT, LONG = (16, 256), (4, 1024)  # (probes, steps) of the two lockstep runs per method: many short, few long
 CERTIFIED = (4, 16)  # probe counts whose certified intervals are computed (coverage); all get point estimates
-TOLS = (0.1, 0.05, 0.02)
+TOLS = (0.1, 0.02)
 
 
 def hessian(arch: str, width: int, depth: int, samples: int, train_steps: int, seed: int = 0):
@@ -178,16 +183,28 @@ def peer_rows(name: str, quad_fn, H: torch.Tensor, ev: np.ndarray, seed: int, km
 
 
 def adaptive_rows(H: torch.Tensor, ev: np.ndarray, seed: int, max_matvecs: int, tols=TOLS) -> list:
+    """Rows of the driver's final answer per tol (method "adaptive"; coverage is read from these), and of
+    the point estimate of the smallest tol's run after its last round within each budget 2^(e/2) (method
+    "adaptive, per round", key "budget": about what max_matvecs=budget returns)."""
     tr = truth(ev)
     rows = []
-    for tol in tols:
+    for tol in sorted(tols, reverse=True):
         r = spectral_fraction(DenseOperator(H), {n: iv for n, (iv, _) in tr.items()}, tol=tol, seed=seed,
                               max_matvecs=max_matvecs, progress=False)
         for name, (iv, t) in tr.items():
             f = r.fractions[name]
             rows.append(dict(method="adaptive", seed=seed, probes=r.num_probes, steps=r.num_steps, hvps=r.num_matvecs,
                              fraction=name, value=f.value, lower=f.lower, upper=f.upper, truth=t, tol=tol,
-                             converged=r.converged, deflated=r.num_deflated))
+                             converged=r.converged, deflated=r.num_deflated, dominant=f.dominant))
+    for budget in (int(round(2 ** (e / 2))) for e in range(14, 2 * int(math.log2(max_matvecs)) + 1)):
+        done = [h for h in r.history if h["num_matvecs"] <= budget]  # what max_matvecs=budget would return
+        if not done:
+            continue
+        h = done[-1]
+        for name, (iv, t) in tr.items():
+            rows.append(dict(method="adaptive, per round", seed=seed, probes=h["num_probes"], steps=h["num_steps"],
+                             hvps=h["num_matvecs"], fraction=name, value=h["values"][name], truth=t, tol=tol,
+                             budget=budget, width=h[name][1] - h[name][0]))
     return rows
 
 
@@ -216,28 +233,27 @@ def main() -> None:
                                 capture_output=True, text=True).stdout.strip()  # the code that runs
     torch.set_num_threads(args.threads)
     archs = ARCHS[:2] if args.quick else ARCHS
-    seeds = range(2 if args.quick else args.seeds)
+    seeds = list(range(2 if args.quick else args.seeds))
     cases = [(a, args.width, args.depth, when) for a in archs for when in ("init", "trained")]
     if args.large:
         cases += [("residual", 30, 10, "trained"), ("plain", 30, 10, "trained")]
     cases = cases[:args.cases]
     mmax = args.max_steps
-    rows, hessians = [], []
-    partial = Path("/tmp") / f"spectral_fractions{('_' + args.tag) if args.tag else ''}.partial.json"
-    for arch, width, depth, when in cases:
-        t0 = time.perf_counter()
-        H, ev, asym = hessian(arch, width, depth, args.samples, args.train_steps if when == "trained" else 0)
-        P = H.shape[0]
-        info = dict(arch=arch, width=width, depth=depth, when=when, P=P, asym=asym,
-                    lambda_max=float(ev[-1]), lambda_min=float(ev[0]), rms=math.sqrt(float(np.mean(ev ** 2))),
-                    zero_fraction=float(np.mean(np.abs(ev) <= 1e-10 * np.abs(ev).max())),
-                    top=[float(v) for v in ev[-12:][::-1]], build_s=time.perf_counter() - t0)
-        hessians.append(info)
-        print(f"{arch} {when} P={P}: lambda [{ev[0]:.3g}, {ev[-1]:.3g}], rms {info['rms']:.3g}, zeros "
-              f"{info['zero_fraction']:.3f}, top {np.round(ev[-5:][::-1], 3).tolist()} ({info['build_s']:.0f} s)",
-              flush=True)
-        hid = len(hessians) - 1
-        for seed in seeds:
+    rows, hessians, done, t_start, loads = [], [], [], time.perf_counter(), [os.getloadavg()[0]]
+    for seed in seeds:  # seed by seed over all Hessians (seed 0 everywhere first)
+        for hid, (arch, width, depth, when) in enumerate(cases):
+            t0 = time.perf_counter()
+            H, ev, asym = hessian(arch, width, depth, args.samples, args.train_steps if when == "trained" else 0)
+            if seed == seeds[0]:
+                P = H.shape[0]
+                info = dict(arch=arch, width=width, depth=depth, when=when, P=P, asym=asym,
+                            lambda_max=float(ev[-1]), lambda_min=float(ev[0]), rms=math.sqrt(float(np.mean(ev ** 2))),
+                            zero_fraction=float(np.mean(np.abs(ev) <= 1e-10 * np.abs(ev).max())),
+                            top=[float(v) for v in ev[-12:][::-1]], build_s=time.perf_counter() - t0)
+                hessians.append(info)
+                print(f"{arch} {when} P={P}: lambda [{ev[0]:.3g}, {ev[-1]:.3g}], rms {info['rms']:.3g}, zeros "
+                      f"{info['zero_fraction']:.3f}, top {np.round(ev[-5:][::-1], 3).tolist()} "
+                      f"({info['build_s']:.0f} s)", flush=True)
             t1 = time.perf_counter()
             part = []
             for deflate in (0, "auto"):  # many probes x short runs, few probes x long runs
@@ -255,19 +271,27 @@ def main() -> None:
             for r in part:
                 r["hessian"] = hid
             rows += part
-            print(f"  seed {seed}: {len(part)} rows ({time.perf_counter() - t1:.0f} s)", flush=True)
-            partial.write_text(json.dumps({"hessians": hessians, "rows": rows}, default=float))
-        del H
-    from bench.spectral_fractions_report import summarize
-    summary = summarize(rows, hessians, min(args.peer_seeds, len(seeds)))
-    extra = dict(hessians=hessians, summary=summary, taus=TAUS, steps=STEPS, probes=PROBES, tols=args.tols,
-                 samples=args.samples, train_steps=args.train_steps, tag=args.tag, started_at_commit=started_at)
-    path = write_results("spectral_fractions" + (f"_{args.tag}" if args.tag else ""), rows, extra,
-                         allow_dirty=args.allow_dirty)
-    from bench.spectral_fractions_report import figure, print_summary
-    png = figure(rows, summary, RESULTS_DIR / (path.stem + ".png"))
-    print_summary(summary)
-    print(f"wrote {path} and {png}")
+            loads.append(os.getloadavg()[0])
+            print(f"  {arch} {when} seed {seed}: {len(part)} rows ({time.perf_counter() - t1:.0f} s, "
+                  f"load {loads[-1]:.1f})", flush=True)
+            del H
+            done.append([seed, hid])
+            from bench.spectral_fractions_report import figure, print_summary, summarize
+            summary = summarize(rows, hessians, min(args.peer_seeds, seed + 1))
+            extra = dict(hessians=hessians, summary=summary, taus=TAUS, steps=STEPS, probes=PROBES, tols=args.tols,
+                         adaptive_budget=args.adaptive_budget, done=done, samples=args.samples,
+                         train_steps=args.train_steps, tag=args.tag, started_at_commit=started_at,
+                         threads=args.threads, wall_s=time.perf_counter() - t_start, load_avg_1min=loads)
+            # written after every Hessian (a run cut short keeps what it finished; ``done`` says what that is)
+            path = write_results("spectral_fractions" + (f"_{args.tag}" if args.tag else ""), rows, extra,
+                                 allow_dirty=args.allow_dirty)
+            n_cmp = len({(r["hessian"], r["seed"]) for r in rows if r["seed"] < summary["compare_seeds"]})
+            Ps = sorted({h["P"] for h in hessians})
+            note = (f"SkipMLP Hessians (P = {', '.join(map(str, Ps))}), MNIST-1D, {len(hessians)} Hessians (architecture x "
+                    f"init/trained); errors over {n_cmp} Hessian x seed, every method on the same ones")
+            png = figure(rows, summary, RESULTS_DIR / (path.stem + ".png"), note)
+        print_summary(summary)
+        print(f"seed {seed} done ({extra['wall_s']:.0f} s): wrote {path} and {png}", flush=True)
 
 
 if __name__ == "__main__":

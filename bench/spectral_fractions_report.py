@@ -17,12 +17,14 @@ __all__ = ["summarize", "figure", "print_summary"]
 
 GROUPS = {"degenerate": "deg", "negative": "neg"}
 TARGET = 0.01
-METHODS = ("plain SLQ", "deflated SLQ", "adaptive", "PyHessian", "curvlinops")
+METHODS = ("plain SLQ", "deflated SLQ", "adaptive", "adaptive, per round", "PyHessian", "curvlinops")
 
 
 def _config(r: dict) -> tuple:
-    return (r["method"], r.get("tol"), r["probes"] if r["method"] != "adaptive" else None,
-            r["steps"] if r["method"] != "adaptive" else None)
+    """The driver's answer is one configuration per tol (its probes and steps are its own choice), its
+    point estimate within a budget one per budget; the other methods' per (probes, steps)."""
+    fixed = r["method"] not in ("adaptive", "adaptive, per round")
+    return (r["method"], r.get("tol"), r.get("budget"), r["probes"] if fixed else None, r["steps"] if fixed else None)
 
 
 def _scores(rows: list, prefix: str) -> dict:
@@ -45,6 +47,8 @@ def _envelope(scores: dict, method: str) -> list:
         if e < best:
             best = e
             out.append((h, e))
+    if pts and pts[-1][0] > out[-1][0]:  # the largest budget run, so the curve does not seem to stop early
+        out.append((pts[-1][0], best))
     return out
 
 
@@ -92,13 +96,15 @@ def print_summary(s: dict) -> None:
         print(f"{key}: " + ", ".join(f"{m} {v['covered']}/{v['total']} = {v['rate']:.3f}" for m, v in s[key].items()))
 
 
-def figure(rows: list, s: dict, path: Path) -> Path:
+def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    styles = {"plain SLQ": ("C0", "-"), "deflated SLQ": ("C1", "-"), "adaptive": ("C2", "o-"),
-              "PyHessian": ("C3", "--"), "curvlinops": ("C4", ":")}
+    styles = {"plain SLQ": ("C0", "-"), "deflated SLQ": ("C1", "-"), "adaptive": ("C2", "o"),
+              "adaptive, per round": ("C2", "-"), "PyHessian": ("C3", "--"), "curvlinops": ("C4", ":")}
+    labels = {"adaptive": "adaptive, answer at tol " + ", ".join(s["negative"]["adaptive_by_tol"]),
+              "adaptive, per round": "adaptive, estimate within a budget (smallest tol)"}
     for ax, group in zip(axes, GROUPS):
         for m in METHODS:
             if m == "adaptive":
@@ -110,17 +116,24 @@ def figure(rows: list, s: dict, path: Path) -> Path:
             x, y = zip(*pts)
             color, ls = styles[m]
             if m == "adaptive":
-                ax.plot(x, np.maximum(y, 1e-5), ls, color=color, label=m)
+                ax.plot(x, np.maximum(y, 1e-5), ls, color=color, label=labels[m])
+                for tol, xi, yi in zip(s[group]["adaptive_by_tol"], x, y):
+                    ax.annotate(f"tol {tol}", (xi, max(yi, 1e-5)), xytext=(4, 3), textcoords="offset points",
+                                fontsize=7, color=color)
             else:
-                ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=m)
+                ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=labels.get(m, m))
         ax.axhline(s["target"], color="k", lw=0.7, ls="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("Hessian-vector products")
-        ax.set_title(f"{group} fractions (tau rms, tau = 1e-3, 1e-2, 1e-1)")
+        ax.set_xlabel("Hessian-vector products (deflation search included)")
+        ax.set_title({"degenerate": "degenerate: |lambda| <= tau rms(lambda)",
+                      "negative": "negative: lambda < -tau rms(lambda)"}[group] + ", tau = 1e-3, 1e-2, 1e-1",
+                     fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("90th-percentile |error| over Hessians x seeds")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("90th percentile over Hessians x seeds\nof the worst |error| over tau")
+    axes[0].legend(fontsize=7.5)
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

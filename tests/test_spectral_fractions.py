@@ -185,3 +185,23 @@ def test_save_load_keeps_tridiagonals_and_reads_old_files(tmp_path):
     f = legacy.fraction_negative(0.01)
     assert not legacy.has_tridiagonals() and f.lower <= f.value <= f.upper
     assert f.lower <= np.mean(ev < -0.01) <= f.upper
+
+
+def test_spectral_fraction_smaller_tol_on_a_budget_is_not_worse():
+    """A tol the budget cannot certify must not make the run worse: the driver once chose its probe
+    count from tol up front (a small tol: tens of probes x a few steps), so on a quadrature-limited
+    fraction a smaller tol ended wider and further from the truth than a larger one."""
+    ev = spectrum(300)
+    eps = 1e-3
+    ivs = {"deg": (-eps, eps), "neg": (-math.inf, -eps)}
+    truth = {"deg": np.mean(np.abs(ev) <= eps), "neg": np.mean(ev < -eps)}
+    runs = {tol: spectral_fraction(operator(ev), ivs, tol=tol, max_matvecs=600, seed=0, progress=False)
+            for tol in (0.1, 0.02, 0.01)}
+    for tol, r in runs.items():
+        assert not r.converged and r.num_matvecs <= 600
+        assert r.num_steps >= 100  # the budget went into steps (the quadrature is what limits here)
+        assert r.history[-1]["values"] == {name: f.value for name, f in r.fractions.items()}
+        for name, f in r.fractions.items():
+            assert f.lower <= truth[name] <= f.upper and abs(f.value - truth[name]) < 0.05
+    width = {tol: max(f.width for f in r.fractions.values()) for tol, r in runs.items()}
+    assert width[0.01] <= width[0.02] + 1e-12 and width[0.02] <= width[0.1] + 1e-12

@@ -40,7 +40,9 @@ class FractionResult:
         num_matvecs: operator-vector products used (Hessian-vector products for a HessianOperator),
             deflation search included; num_products: operator calls (data passes).
         num_probes, num_steps, num_deflated: the final run's sizes.
-        history: per round, {"num_matvecs", "num_probes", "num_steps", name: [lower, upper], ...}.
+        history: per round, {"num_matvecs", "num_probes", "num_steps", "values": {name: point estimate},
+            name: [lower, upper], ...} (with a smaller max_matvecs the same run stops at or just after
+            one of these rounds).
     With one interval, ``value``, ``stderr``, ``lower``, ``upper`` read that interval's Fraction.
     """
 
@@ -141,6 +143,7 @@ def spectral_fraction(op, interval, *, tol: float = 0.02, max_matvecs: int = 200
             dens = slq.density(grid=2)  # the smoothed density only once, at the end
             fr = {name: dens.fraction_in(a, b, confidence=confidence) for name, (a, b) in ivs.items()}
             history.append({"num_matvecs": slq.num_matvecs, "num_probes": slq.num_probes, "num_steps": slq.m,
+                            "values": {name: f.value for name, f in fr.items()},
                             **{name: [f.lower, f.upper] for name, f in fr.items()}})
             bar.n = min(slq.num_matvecs, max_matvecs)
             bar.refresh()
