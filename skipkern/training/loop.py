@@ -207,6 +207,13 @@ def train(model: nn.Module, data: Dataset, config: Optional[TrainConfig] = None,
             folder.close()
 
 
+def adam(params: list, lr: float) -> torch.optim.Optimizer:
+    """torch's Adam, its fused implementation where every parameter allows it (floating, CPU or CUDA): the
+    same update in one kernel instead of a dozen foreach passes (a third of a small net's step on a CPU)."""
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 class _Trainer:
     """The state of one call of ``train``: optimizer, batch-order generator, history, step."""
 
@@ -217,7 +224,7 @@ class _Trainer:
         self.group, self.device, self.folder, self.mcfg, self.ident = group, device, folder, mcfg, ident
         self.log = log
         self.reg = config.regularizer
-        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.opt = adam([p for p in model.parameters() if p.requires_grad], config.lr)
         self.gen = torch.Generator().manual_seed(int(config.seed))
         self.measure = EpochMeasures(model, data, config, loss_fn, group, None if folder is None else folder.path)
         self.grads = _GradNorms(model, device)
