@@ -11,6 +11,8 @@ peers without their dependencies (README, Benchmarks): no CUDA torch is pulled.
   shimmed by eigh, and the shim records T.
 - curvlinops ``papyan2020traces.spectrum.fast_lanczos`` (Papyan 2020, no reorthogonalisation): its T
   is rebuilt from the eigenpairs it returns.
+Both seed torch's global generator with PEER_SEED + seed, not seed: torch.manual_seed(0) is the stream a
+SkipMLP(seed=0) drew its weights from, and curvlinops' Gaussian start vector would be those weights.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torch
 from torch import nn
 
 __all__ = ["pyhessian_quadrature", "curvlinops_quadrature"]
+
+PEER_SEED = 1_000_003
 
 
 class _Quadratic(nn.Module):
@@ -45,7 +49,7 @@ def pyhessian_quadrature(H: torch.Tensor, k: int, m: int, seed: int) -> np.ndarr
     saved = getattr(torch, "eig", None)
     torch.eig = eig
     try:
-        torch.manual_seed(seed)
+        torch.manual_seed(PEER_SEED + seed)
         model = _Quadratic(H)
         h = hessian(model, lambda out, _y: out, data=(torch.zeros(1), torch.zeros(1)), cuda=False)
         h.density(iter=m, n_v=k)
@@ -66,7 +70,7 @@ def curvlinops_quadrature(H: torch.Tensor, k: int, m: int, seed: int) -> np.ndar
         def __matmul__(self, v):
             return H @ v
 
-    torch.manual_seed(seed)
+    torch.manual_seed(PEER_SEED + seed)
     out = []
     for _ in range(k):
         w, U = fast_lanczos(Op(), m)

@@ -205,3 +205,18 @@ def test_spectral_fraction_smaller_tol_on_a_budget_is_not_worse():
             assert f.lower <= truth[name] <= f.upper and abs(f.value - truth[name]) < 0.05
     width = {tol: max(f.width for f in r.fractions.values()) for tol, r in runs.items()}
     assert width[0.01] <= width[0.02] + 1e-12 and width[0.02] <= width[0.1] + 1e-12
+
+
+def test_sphere_probes_are_not_the_weights_of_a_model_with_the_same_seed():
+    """Sphere probes and the deflation start once came from torch.Generator().manual_seed(seed), the
+    stream a SkipMLP built with that seed drew its weights from: the first probe had cosine 0.26 with
+    the parameter vector (12 / sqrt(P)) and biased the fractions of that model's Hessian."""
+    from skipkern.hessian.slq import SLQ
+    m = SkipMLP(40, 16, 6, 10, arch="plain", seed=0)
+    theta = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double()
+    P = theta.numel()
+    u = SLQ(DenseOperator(torch.eye(P, dtype=F64)), probe="sphere", seed=0)._new_probes(4)
+    assert float((u @ theta).abs().max() / theta.norm()) < 5 / math.sqrt(P)
+    from skipkern.hessian.deflation import probe_generator
+    a, b = (torch.randn(3, generator=probe_generator(0, s)) for s in ("sphere probes", "deflation start"))
+    assert not torch.equal(a, b) and torch.equal(a, torch.randn(3, generator=probe_generator(0, "sphere probes")))

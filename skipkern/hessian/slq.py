@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from skipkern.hessian.adapters import as_operator
-from skipkern.hessian.deflation import Deflation, find_outliers, sphere_probes
+from skipkern.hessian.deflation import Deflation, find_outliers, probe_generator, sphere_probes
 from skipkern.hessian.density import SpectralDensity, from_lanczos
 from skipkern.hessian.lanczos import (LanczosResult, LanczosRun, check_count, default_breakdown_tol, probe_seed,
                                       progress_bar, rademacher_probes)
@@ -48,8 +48,7 @@ class SLQ:
         self.m = 0
         self.num_matvecs = 0 if deflation is None else deflation.num_matvecs
         self.num_products = 0
-        self._gen = torch.Generator().manual_seed(int(seed) if seed is not None else
-                                                  int(torch.randint(0, 2**62, (1,)).item()))
+        self._gen = probe_generator(seed, "sphere probes")  # not the stream of a model seeded alike
 
     @property
     def num_probes(self) -> int:
