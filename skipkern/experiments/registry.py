@@ -65,7 +65,9 @@ _SPECIFIC = {
                 "quick": dict(depth=10, search_candidates=2, search_steps=100, search_seed=0),
                 "full": dict(depth=30, search_candidates=4, search_steps=800, search_seed=0)},
     "skip_benefit": {"tiny": dict(depths=[2, 3], gains=[1.0]),
-                     "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1]),
+                     # quick: 150 steps (depth-50 nets dominate the quick budget; the gap opens early)
+                     "quick": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1], steps=150,
+                                   share_runs=False),
                      "full": dict(depths=[5, 10, 20, 30, 50], gains=[1.0], seeds=[0, 1, 2])},
 }
 

@@ -35,7 +35,8 @@ def specs_for(ctx: Context, cfg: dict) -> dict:
     for fam in families_of(cfg):
         for g in cfg["gains"]:
             for d in cfg["depths"]:
-                shared = int(d) == int(cfg["depth"]) and float(g) == 1.0
+                # the base depth at gain 1 reuses the architectures / skips runs, unless this recipe has its own budget
+                shared = int(d) == int(cfg["depth"]) and float(g) == 1.0 and cfg.get("share_runs", True)
                 for a in ARCHS:
                     if shared:  # identical to the architectures / skips specs (label included: same folder)
                         c = cfg if a != "orthogonal" else dict(cfg, spectra=())
