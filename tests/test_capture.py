@@ -39,6 +39,7 @@ def _plain_adam(model, batches, lr=5e-4, **kw):
 
 
 @pytest.mark.parametrize("mode", ["auto", "graph", "compile", "eager"])
+@pytest.mark.slow
 def test_cpu_falls_back_to_the_plain_step(mode, caplog):
     if CUDA:
         pytest.skip("CPU fallback test")

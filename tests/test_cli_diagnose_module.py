@@ -168,6 +168,7 @@ def test_saved_module_file_needs_trust_and_writes_beside_it(tmp_path, capsys, us
     assert not list(tmp_path.rglob(".skipkern.lock"))
 
 
+@pytest.mark.slow
 def test_state_dict_weights_are_the_ones_diagnosed(tmp_path, capsys, usernets):
     trained = usernets.SmallConv(seed=5)  # other weights than the factory's default seed 0
     torch.save({"state_dict": trained.state_dict(), "epoch": 3}, tmp_path / "w.pt")
@@ -187,6 +188,7 @@ def test_state_dict_weights_are_the_ones_diagnosed(tmp_path, capsys, usernets):
     assert not (tmp_path / "o5").exists()
 
 
+@pytest.mark.slow
 def test_rank_one_conv_is_singular(tmp_path, usernets):
     out = tmp_path / "r1"
     assert _main(["diagnose", "--model", "usernets:rank_one", "--module-type", "Conv2d", "--random-input",

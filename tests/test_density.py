@@ -83,6 +83,7 @@ def test_model_hessian_extremes_moments_and_quadrature_bounds(small_hessians):
             assert lo.value - 3 * lo.stderr <= float(exact) <= hi.value + 3 * hi.stderr
 
 
+@pytest.mark.slow
 def test_model_hessian_fractions_with_resolving_steps(small_hessians):
     _, H, ev = small_hessians[1]
     P = H.shape[0]

@@ -148,6 +148,7 @@ def test_matmat_equals_k_matvecs_and_chunking_invariance(backend):
 
 
 @pytest.mark.parametrize("backend", ["fused", "generic"])
+@pytest.mark.slow
 def test_ragged_batches_weighted_by_size(backend):
     m = small_mlp("plain", "relu")
     x, y = data(n=13)

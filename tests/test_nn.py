@@ -68,6 +68,7 @@ def test_skipmlp_matches_plain_torch(arch, backend):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_skipmlp_gradgradcheck(arch):
     m = SkipMLP(3, 4, 3, 2, arch=arch, activation="tanh", seed=1, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64)

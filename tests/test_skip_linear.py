@@ -181,6 +181,7 @@ def test_gradcheck_gradgradcheck(backend, skip, activation):
 
 
 @pytest.mark.parametrize("backend", backend_params("cpu"))
+@pytest.mark.slow
 def test_opcheck(backend):
     require(backend, "skip_linear", "cpu", F32)
     x, w, b, q = torch.randn(4, 5), torch.randn(6, 5), torch.randn(6), torch.randn(6, 5)

@@ -88,6 +88,7 @@ def _omp_run(env: dict) -> dict:
     pytest.param({"THREADS": str(2 * (os.cpu_count() or 1)), "OMP_DYNAMIC": "true"}, id="dynamic",
                  marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_cpp_gradients_when_openmp_gives_fewer_threads(cpp, env):
     out = _omp_run(env)
     info = out["info"]

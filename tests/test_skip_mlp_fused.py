@@ -201,6 +201,7 @@ def test_double_backward(km, device):
         assert_close(a, r, F64, "Hv")
 
 
+@pytest.mark.slow
 def test_gradcheck_float64(km, device):
     t = _to(_net(3, 2, 16, 2, 3, "dense", True), F64, device)
     names = ("x", "w_in", "b_in", "w", "w_out")
