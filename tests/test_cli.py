@@ -42,6 +42,13 @@ def test_help_on_every_command():
         assert flag in p.stdout
 
 
+def test_repro_help_lists_every_experiment_in_run_order():
+    from skipkern.cli.parser import REPRO_EXPERIMENTS
+    from skipkern.experiments.registry import ORDER
+
+    assert REPRO_EXPERIMENTS == ORDER
+
+
 @pytest.mark.slow
 def test_backends_table():
     p = run_cli("backends")

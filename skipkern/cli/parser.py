@@ -9,6 +9,10 @@ from typing import NoReturn, Optional
 
 from skipkern.cli.common import EXIT_USAGE, CLIError, one_line
 
+# `skipkern.experiments.registry.ORDER`, spelled out so that --help does not import torch (a test keeps them equal)
+REPRO_EXPERIMENTS = ("simplified", "architectures", "skips", "malicious", "seeds", "biasreg", "skip_benefit",
+                     "connectivity", "symmetry", "depth", "signal")
+
 __all__ = ["build_parser", "parse_seeds", "parse_epochs", "int_at_least", "number_in"]
 
 
@@ -200,11 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repro", help="run paper experiments and write report.md",
                        description="Run one experiment or all of them; writes figures, raw numbers and report.md "
-                                   "into --out. Experiments: simplified, architectures, skips, malicious, seeds, "
-                                   "biasreg.")
+                                   f"into --out. Experiments: {', '.join(REPRO_EXPERIMENTS)}.")
     p.add_argument("experiment", help="experiment name, or 'all'")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe setting, e.g. --set epochs=50 --set width=128 (repeatable; the value "
+                   help="override a recipe setting, e.g. --set steps=500 --set width=128 (repeatable; the value "
                         "must have the type of the recipe's default)")
     p.add_argument("--jobs", type=COUNT, default=0,
                    help="training runs at once, in worker processes; 0 = auto: one per CPU core (at most 4) on "
