@@ -174,7 +174,7 @@ def write_report(out: Union[str, os.PathLike], *, timings: Optional[dict] = None
     dens = [_fig("architectures", f"architectures_density_{fam}", out) for fam in fams]
     if any(dens):
         lines += ["## Hessian eigenvalue densities (the paper's central figure)", "",
-                  "Per architecture, at initialisation and after training, one line per seed; signed view (symlog "
+                  "Per architecture, at initialisation and after training, one line per seed; signed view (linear "
                   "eigenvalue axis, log density) and log10|λ| view (positive eigenvalues solid, negative dashed). "
                   "Stochastic Lanczos quadrature: the lines are Gaussian-smoothed Ritz values, so structure finer than "
                   "the node spacing is not resolved.", ""] + [d for d in dens if d]

@@ -134,6 +134,8 @@ def density_figure(out, stem: str, spectra: Mapping[str, Mapping[str, Sequence[s
     Args:
         spectra: {condition: {"init": [density file per seed], "end": [...]}}.
     """
+    from matplotlib.ticker import MaxNLocator
+
     from skipkern.hessian import SpectralDensity
     conds = [c for c in spectra if any(spectra[c].get(w) for w in ("init", "end"))]
     if not conds:
@@ -167,6 +169,9 @@ def density_figure(out, stem: str, spectra: Mapping[str, Mapping[str, Sequence[s
                 ax_s.set_ylim(peak * 1e-7, peak * 3)
             ax_s.set_title(f"{c}, {when_t} (n={len(files)})", fontsize=9)
             ax_s.set_xlabel("eigenvalue λ")
+            # eigenvalues up to ~1e5: few ticks and a shared power of ten, so the labels never run together
+            ax_s.xaxis.set_major_locator(MaxNLocator(5))
+            ax_s.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
             ax_s.set_ylabel("density (log)")
             ax_l.set_title(f"{c}, {when_t}: log10|λ|", fontsize=9)
             ax_l.set_xlabel("log10 |λ|")
