@@ -96,6 +96,15 @@ def test_bounds_widen_the_interval():
     assert o.verdict == INCONCLUSIVE and o.low < -0.5 and o.high > 0.5
 
 
+def test_bounds_interval_stays_inside_what_the_bounds_allow():
+    # bounds spanning [0, 1] for every run: the t interval alone would reach past +-1, a difference of
+    # fractions cannot
+    vals = {"a": _seeds(0.5, 0.2), "b": _seeds(0.5, 0.2)}
+    lo, hi = [0.0, 0.0, 0.0, 0.2, 0.3], [1.0, 1.0, 1.0, 0.8, 0.7]
+    o = judge(GREATER, vals, bounds={"a": (lo, hi), "b": (lo, hi)})
+    assert o.low == pytest.approx(-1.0) and o.high == pytest.approx(1.0)
+
+
 def test_correlation_rules():
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)

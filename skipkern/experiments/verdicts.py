@@ -285,6 +285,10 @@ def judge(pred: Prediction, values: Mapping[str, Sequence[float]], gates: Option
             detail = "interval covers the quadrature bounds of every run"
             if not (math.isfinite(low) and math.isfinite(high)):
                 low, high = -math.inf, math.inf
+            # the t interval can reach past what the bounds allow at all (a difference of fractions beyond +-1)
+            la, ua, lb, ub = (_finite(v) for v in (la, ua, lb, ub))
+            if la.size and ua.size and lb.size and ub.size:
+                low, high = max(low, float(la.min() - ub.max())), min(high, float(ua.max() - lb.min()))
         short = [f"{c}: n = {k} < {pred.seeds} registered" for c, k in zip((pred.a, pred.b), n) if k < pred.seeds]
         if (pred.ceiling is not None and pred.kind != "band" and a.size and b.size
                 and min(a.mean(), b.mean()) >= pred.ceiling):
