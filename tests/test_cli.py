@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.utils import sigint_default
+
 
 TINY_TRAIN = ["--depth", "3", "--width", "8", "--epochs", "1", "--n-train", "64", "--n-test", "32",
               "--batch-size", "32", "--no-progress"]
@@ -289,7 +291,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     cmds = [[sys.executable, "-m", "skipkern"]] + ([[shutil.which("skipkern")]] if shutil.which("skipkern") else [])
     for cmd in cmds:
         p = subprocess.Popen(cmd + ["train", "--epochs", "100000", "--out", str(tmp_path / "o")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
         t0 = time.monotonic()
         while "libtorch" not in open(f"/proc/{p.pid}/maps").read():
             assert time.monotonic() - t0 < 60 and p.poll() is None

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from skipkern.runlock import LOCK_NAME, FolderInUseError, lock_folder, read_owner
+from tests.utils import sigint_default
 
 HOLD = "import sys, time; from skipkern.runlock import lock_folder; lock_folder(sys.argv[1], 'test run').acquire(); " \
        "print('locked', flush=True); time.sleep(120)"
@@ -110,7 +111,7 @@ def test_two_real_train_processes_into_one_folder(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore", SKIPKERN_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "skipkern", "train", *TINY, "--out", str(out)]
     a = subprocess.Popen(cmd + ["--epochs", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
+                         env=env, preexec_fn=sigint_default)
     try:
         _wait_for(lambda: (out / "checkpoint.pt").exists() or a.poll() is not None, "run A's first checkpoint")
         assert a.poll() is None, a.communicate()

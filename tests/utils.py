@@ -124,3 +124,13 @@ def check_skip_linear_launcher(mod, x: torch.Tensor, w: torch.Tensor, bb: Option
         else:
             assert a.dtype == dtype, what
             assert_close(a, r, dtype, f"{name} {what}", terms=terms)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a subprocess that a test stops with SIGINT: a runner that starts the tests in the
+    background (``cmd &`` without job control) passes SIGINT on as ignored, and Python then never raises
+    KeyboardInterrupt; the default disposition lets the child install its handler as under a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
