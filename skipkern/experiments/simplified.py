@@ -290,8 +290,10 @@ def _figures(ctx: Context, cfg: dict, seed: int, traces: dict, out) -> list:
         ax.set_xlabel("h = |J1 - J2| (overlap)")
         ax.set_ylabel("z = (w1 - w2)/(w1 + w2) (elimination)")
         ax.set_title(f"{v}: gradient flow (teacher slice) + trajectories", fontsize=10)
-    fig.colorbar(strm.lines, ax=axes, label="log10 flow speed (same scale in both panels; 2-98th percentile)")
-    legend_outside(fig, axes[0].get_legend_handles_labels()[0])
+    fig.colorbar(strm.lines, ax=axes, label="log10 flow speed\n(one scale for both panels, 2nd-98th percentile)")
+    from matplotlib.lines import Line2D
+    lines = Line2D([], [], color="r", ls="--", lw=0.8, label="degenerate lines h = 0, |z| = 1")
+    legend_outside(fig, axes[0].get_legend_handles_labels()[0] + [lines])
     stem_flow = f"{NAME}_flow_field"
     save_figure(fig, out, stem_flow)
     return [stem_loss, stem_flow]
