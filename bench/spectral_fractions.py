@@ -7,7 +7,9 @@ symmetric) and diagonalised by torch.linalg.eigvalsh (the truth). Every method m
 float64 matrix (a dense operator), so the HVP counts compare like with like:
   plain SLQ      skipkern spectral_density, Rademacher probes, no deflation (Gauss point estimate)
   deflated SLQ   skipkern spectral_density(deflate="auto"): outliers by Lanczos, SLQ on the rest
-  adaptive       skipkern spectral_fraction(tol=...): adds steps/probes until the certified width < tol;
+  adaptive       skipkern spectral_fraction(tol=...): adds steps/probes until the certified width < tol, or
+                 builds the matrix from products (reusing those spent) and counts when that is cheaper
+                 (row key "route": "slq" or "dense");
                  its answer per tol, and ("adaptive, per round") the estimate of the smallest tol's run
                  after its last round within each budget (its history: what a smaller max_matvecs returns)
   PyHessian      PyHessian 0.1 density() (its Lanczos code, one probe at a time; torch.eig shimmed by
@@ -25,6 +27,7 @@ method ran). Seed 0 runs on every Hessian first; the JSON and figure are rewritt
 (extra.done: the (seed, hessian) pairs finished), so a run cut short keeps what it finished.
 
     python bench/spectral_fractions.py [--width 16 --depth 6] [--seeds 2] [--large] [--quick]
+    python bench/spectral_fractions.py --reuse OLD.json --rerun adaptive   (only the driver afresh)
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -195,7 +199,7 @@ def adaptive_rows(H: torch.Tensor, ev: np.ndarray, seed: int, max_matvecs: int, 
             f = r.fractions[name]
             rows.append(dict(method="adaptive", seed=seed, probes=r.num_probes, steps=r.num_steps, hvps=r.num_matvecs,
                              fraction=name, value=f.value, lower=f.lower, upper=f.upper, truth=t, tol=tol,
-                             converged=r.converged, deflated=r.num_deflated, dominant=f.dominant))
+                             converged=r.converged, deflated=r.num_deflated, dominant=f.dominant, route=r.method))
     for budget in (int(round(2 ** (e / 2))) for e in range(14, 2 * int(math.log2(max_matvecs)) + 1)):
         done = [h for h in r.history if h["num_matvecs"] <= budget]  # what max_matvecs=budget would return
         if not done:
@@ -206,6 +210,37 @@ def adaptive_rows(H: torch.Tensor, ev: np.ndarray, seed: int, max_matvecs: int, 
                              hvps=h["num_matvecs"], fraction=name, value=h["values"][name], truth=t, tol=tol,
                              budget=budget, width=h[name][1] - h[name][0]))
     return rows
+
+
+METHOD_KEYS = {"plain": ("plain SLQ",), "deflated": ("deflated SLQ",), "adaptive": ("adaptive", "adaptive, per round"),
+               "pyhessian": ("PyHessian",), "curvlinops": ("curvlinops",)}
+
+
+def _reusable(path: Optional[Path], rerun: list) -> tuple[dict, dict]:
+    """({(seed, arch, width, depth, when): rows of the kept methods}, {same key: the Hessian's info,
+    "commit": the file's commit}) from a previous result file."""
+    if path is None:
+        return {}, {}
+    import json
+    d = json.loads(Path(path).read_text())
+    keep = {m for k, names in METHOD_KEYS.items() if k not in rerun for m in names}
+    hs = d["extra"]["hessians"]
+    done = {tuple(p) for p in d["extra"]["done"]}
+    rows, info = {}, {"commit": d["env"].get("git_commit")}
+    for r in d["rows"]:
+        if (r["seed"], r["hessian"]) in done and r["method"] in keep:
+            h = hs[r["hessian"]]
+            key = (r["seed"], h["arch"], h["width"], h["depth"], h["when"])
+            rows.setdefault(key, []).append({k: v for k, v in r.items() if k != "hessian"})
+            info[key] = h
+    return rows, info
+
+
+def _check_same_hessian(h: dict, ev: np.ndarray) -> None:
+    """Reused rows must be of the same matrix (the Hessians are cached, so a rebuilt one would differ)."""
+    if h["P"] != ev.size or not math.isclose(h["lambda_max"], float(ev[-1]), rel_tol=1e-9) \
+            or not math.isclose(h["rms"], math.sqrt(float(np.mean(ev ** 2))), rel_tol=1e-9):
+        raise SystemExit(f"--reuse: the {h['arch']} {h['when']} Hessian differs from the one the file used")
 
 
 def main() -> None:
@@ -225,6 +260,11 @@ def main() -> None:
     ap.add_argument("--adaptive-budget", type=int, default=8192, help="max_matvecs of the adaptive driver")
     ap.add_argument("--cases", type=int, default=None, help="only the first N Hessians (smoke runs)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="a previous result JSON: its rows of the methods not in --rerun are kept for the (seed, "
+                         "Hessian) pairs it finished (same Hessians: their sizes and spectra are checked)")
+    ap.add_argument("--rerun", nargs="+", default=list(METHOD_KEYS), choices=list(METHOD_KEYS),
+                    help="methods computed afresh where --reuse has rows (default: all)")
     add_result_args(ap)
     args = ap.parse_args()
     check_tree("spectral_fractions", args.allow_dirty)
@@ -239,6 +279,7 @@ def main() -> None:
         cases += [("residual", 30, 10, "trained"), ("plain", 30, 10, "trained")]
     cases = cases[:args.cases]
     mmax = args.max_steps
+    reused, reuse_from = _reusable(args.reuse, args.rerun)
     rows, hessians, done, t_start, loads = [], [], [], time.perf_counter(), [os.getloadavg()[0]]
     for seed in seeds:  # seed by seed over all Hessians (seed 0 everywhere first)
         for hid, (arch, width, depth, when) in enumerate(cases):
@@ -255,15 +296,23 @@ def main() -> None:
                       f"{info['zero_fraction']:.3f}, top {np.round(ev[-5:][::-1], 3).tolist()} "
                       f"({info['build_s']:.0f} s)", flush=True)
             t1 = time.perf_counter()
-            part = []
-            for deflate in (0, "auto"):  # many probes x short runs, few probes x long runs
-                part += skipkern_runs(H, ev, seed, deflate, SHORT[0], min(SHORT[1], mmax))
-                part += skipkern_runs(H, ev, seed, deflate, LONG[0], mmax, mmin=SHORT[1] + 1)
-            part += adaptive_rows(H, ev, seed, args.adaptive_budget, args.tols)
+            key = (seed, arch, width, depth, when)
+            part = [dict(r) for r in reused.get(key, [])]
+            if part:
+                _check_same_hessian(reuse_from[key], ev)
+            run = set(args.rerun) if part else set(METHOD_KEYS)
+            for deflate, mkey in ((0, "plain"), ("auto", "deflated")):  # many probes x short runs, few x long
+                if mkey in run:
+                    part += skipkern_runs(H, ev, seed, deflate, SHORT[0], min(SHORT[1], mmax))
+                    part += skipkern_runs(H, ev, seed, deflate, LONG[0], mmax, mmin=SHORT[1] + 1)
+            if "adaptive" in run:
+                part += adaptive_rows(H, ev, seed, args.adaptive_budget, args.tols)
             for name, fn, steps in (("PyHessian", pyhessian_quadrature, min(mmax, 512)),
                                     ("curvlinops", curvlinops_quadrature, mmax)):
                 if seed >= args.peer_seeds:
                     break
+                if name.lower() not in run:
+                    continue
                 try:
                     part += peer_rows(name, fn, H, ev, seed, args.peer_probes, steps)
                 except ImportError as exc:
@@ -281,7 +330,11 @@ def main() -> None:
             extra = dict(hessians=hessians, summary=summary, taus=TAUS, steps=STEPS, probes=PROBES, tols=args.tols,
                          adaptive_budget=args.adaptive_budget, done=done, samples=args.samples,
                          train_steps=args.train_steps, tag=args.tag, started_at_commit=started_at,
-                         threads=args.threads, wall_s=time.perf_counter() - t_start, load_avg_1min=loads)
+                         threads=args.threads, wall_s=time.perf_counter() - t_start, load_avg_1min=loads,
+                         reused=None if args.reuse is None else {
+                             "file": str(args.reuse), "commit": reuse_from.get("commit"),
+                             "kept_methods": sorted(set(METHOD_KEYS) - set(args.rerun)),
+                             "pairs": len(reused)})
             # written after every Hessian (a run cut short keeps what it finished; ``done`` says what that is)
             path = write_results("spectral_fractions" + (f"_{args.tag}" if args.tag else ""), rows, extra,
                                  allow_dirty=args.allow_dirty)

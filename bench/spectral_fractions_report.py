@@ -65,7 +65,7 @@ def _coverage(rows: list, lo: str, hi: str) -> dict:
 
 def summarize(rows: list, hessians: list, compare_seeds: int) -> dict:
     """Errors on the seeds every method ran (< compare_seeds), coverage on all."""
-    out = {"target": TARGET, "coverage": _coverage(rows, "lower", "upper"),
+    out = {"target": TARGET, "P": sorted({int(h["P"]) for h in hessians}), "coverage": _coverage(rows, "lower", "upper"),
            "coverage_t": _coverage(rows, "t_lower", "t_upper"), "compare_seeds": compare_seeds}
     same = [r for r in rows if r["seed"] < compare_seeds]
     for group, prefix in GROUPS.items():
@@ -81,6 +81,8 @@ def summarize(rows: list, hessians: list, compare_seeds: int) -> dict:
     out["adaptive_converged"] = float(np.mean([r["converged"] for r in rows if r["method"] == "adaptive"])) \
         if widths else None
     out["deflated_counts"] = sorted({r.get("deflated", 0) for r in rows if r["method"] == "deflated SLQ"})
+    routes = [r.get("route", "slq") for r in rows if r["method"] == "adaptive"]
+    out["adaptive_dense_share"] = float(np.mean([x == "dense" for x in routes])) if routes else None
     return out
 
 
@@ -123,6 +125,10 @@ def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
             else:
                 ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=labels.get(m, m))
         ax.axhline(s["target"], color="k", lw=0.7, ls="--")
+        for P in s.get("P", []):
+            ax.axvline(P, color="0.5", lw=0.7, ls=":")
+            ax.annotate(f"P = {P}", (P, 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7, color="0.4",
+                        rotation=90, va="center")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("Hessian-vector products (deflation search included)")

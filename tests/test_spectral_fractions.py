@@ -144,8 +144,9 @@ def test_spectral_fraction_converges_and_counts_products():
     for name, truth in (("degenerate", np.mean(np.abs(ev) <= 0.05)), ("negative", np.mean(ev < -0.05))):
         f = r.fractions[name]
         assert f.upper - f.lower <= 0.1 and f.lower <= truth <= f.upper
-    small = spectral_fraction(operator(ev), (-1e-6, 1e-6), tol=0.01, max_matvecs=600, seed=0, progress=False)
-    assert not small.converged and small.num_matvecs <= 600 + small.num_probes
+    small = spectral_fraction(operator(ev), (-1e-6, 1e-6), tol=0.01, max_matvecs=600, seed=0, progress=False,
+                              exact=False)
+    assert small.method == "slq" and not small.converged and small.num_matvecs <= 600 + small.num_probes
     assert small.lower <= np.mean(np.abs(ev) <= 1e-6) <= small.upper
     with pytest.raises(ValueError, match="tol"):
         spectral_fraction(op, (0, 1), tol=0)
@@ -195,7 +196,7 @@ def test_spectral_fraction_smaller_tol_on_a_budget_is_not_worse():
     eps = 1e-3
     ivs = {"deg": (-eps, eps), "neg": (-math.inf, -eps)}
     truth = {"deg": np.mean(np.abs(ev) <= eps), "neg": np.mean(ev < -eps)}
-    runs = {tol: spectral_fraction(operator(ev), ivs, tol=tol, max_matvecs=600, seed=0, progress=False)
+    runs = {tol: spectral_fraction(operator(ev), ivs, tol=tol, max_matvecs=600, seed=0, progress=False, exact=False)
             for tol in (0.1, 0.02, 0.01)}
     for tol, r in runs.items():
         assert not r.converged and r.num_matvecs <= 600
@@ -220,3 +221,82 @@ def test_sphere_probes_are_not_the_weights_of_a_model_with_the_same_seed():
     from skipkern.hessian.deflation import probe_generator
     a, b = (torch.randn(3, generator=probe_generator(0, s)) for s in ("sphere probes", "deflation start"))
     assert not torch.equal(a, b) and torch.equal(a, torch.randn(3, generator=probe_generator(0, "sphere probes")))
+
+
+# ----------------------------------------------------------------- the exact (dense) route
+def test_dense_matrix_reuses_known_products_and_rebuilds_the_matrix():
+    from skipkern.hessian.dense import KnownSpan, dense_matrix
+    ev = spectrum(97)
+    op = operator(ev)
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(30, 97, generator=g, dtype=F64)
+    V = torch.cat([V, V[:5] * 3 - V[5:10], V[:4]])  # dependent rows: reused once, not counted twice
+    span = KnownSpan(97, F64)
+    span.add(V, (op.matrix @ V.T).T)
+    assert span.seen == 39 and span.rank() == 30
+    A, asym, used = dense_matrix(op, known=span, block=7, progress=False)
+    assert used == 97 - 30 and asym < 1e-10
+    torch.testing.assert_close(A, op.matrix, rtol=0, atol=1e-10)
+    A0, _, used0 = dense_matrix(op.matrix, progress=False)  # a bare tensor, nothing known: P products
+    assert used0 == 97 and torch.allclose(A0, op.matrix, atol=1e-12)
+
+
+def test_dense_route_answers_exactly_when_the_quadrature_cannot():
+    """Thresholds far below the Lanczos resolution: the rounds would need more than P products, so the
+    driver builds the matrix (reusing the products spent) and counts; about P products in all."""
+    ev = spectrum(300)
+    eps = 1e-5
+    ivs = {"deg": (-eps, eps), "neg": (-math.inf, -eps), "band": (1e-4, 1e-2)}
+    truth = {"deg": np.mean(np.abs(ev) <= eps), "neg": np.mean(ev < -eps),
+             "band": np.mean((ev >= 1e-4) & (ev <= 1e-2))}
+    r = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False)
+    assert r.method == "dense" and r.converged and "exact: dense matrix" in str(r)
+    dense = r.density.meta["dense"]
+    assert dense["reused"] > 0 and r.num_matvecs == r.history[-2]["num_matvecs"] + dense["num_matvecs"]
+    assert r.num_matvecs <= 1.6 * 300 and r.history[-1]["exact"]
+    for name, f in r.fractions.items():
+        assert f.lower <= truth[name] <= f.upper and f.width < 1e-12 and f.stderr == 0.0
+        assert abs(f.value - truth[name]) < 1e-12 and f.note.startswith("exact")
+    forced = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, exact=True)
+    assert forced.method == "dense" and forced.num_matvecs == 300 and forced.num_deflated == 0
+    assert {k: f.value for k, f in forced.fractions.items()} == pytest.approx(truth, abs=1e-12)
+    never = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, exact=False, max_matvecs=900)
+    small = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, max_dense=299, max_matvecs=900)
+    assert never.method == small.method == "slq" and not never.converged
+    with pytest.raises(ValueError, match="exact"):
+        spectral_fraction(operator(ev), ivs, exact="yes")
+
+
+def test_dense_route_keeps_the_easy_case_on_slq():
+    """A coarse threshold the quadrature resolves quickly: no matrix is built."""
+    ev = spectrum(400)
+    r = spectral_fraction(operator(ev), {"band": (0.1, 1.0)}, tol=0.1, seed=0, progress=False)
+    assert r.method == "slq" and r.converged and r.num_matvecs < 400
+    assert r.lower <= np.mean((ev >= 0.1) & (ev <= 1.0)) <= r.upper
+    hard = spectral_fraction(operator(ev), {"neg": (-math.inf, -0.05)}, tol=0.1, seed=0, progress=False)
+    slow = spectral_fraction(operator(ev), {"neg": (-math.inf, -0.05)}, tol=0.1, seed=0, progress=False, exact=False)
+    assert hard.method == "dense" and hard.num_matvecs < 1.2 * 400 < slow.num_matvecs  # SLQ took 1800 here
+
+
+def test_dense_density_of_a_skipmlp_hessian_matches_autograd():
+    m = SkipMLP(5, 6, 2, 3, arch="residual", seed=0, dtype=F64)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(11, 5, generator=g, dtype=F64), torch.randint(0, 3, (11,), generator=g)
+    op = HessianOperator(m, nn.CrossEntropyLoss(), (x, y))
+    names = [n for n, _ in m.named_parameters()]
+    shapes = [p.shape for p in m.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    def loss(flat):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes):
+            parts[n] = flat[i:i + s.numel()].view(s)
+            i += s.numel()
+        return nn.functional.cross_entropy(torch.func.functional_call(m, parts, (x,)), y)
+    ev = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat0)).numpy()
+    from skipkern.hessian.dense import dense_density
+    d = dense_density(op, progress=False)
+    np.testing.assert_allclose(d.deflated, ev, atol=1e-10)
+    lam = float(np.abs(ev).max())
+    f = d.fraction_degenerate(1e-3 * lam)
+    assert f.value == pytest.approx(np.mean(np.abs(ev) <= 1e-3 * lam), abs=1e-12) and f.stderr == 0.0

@@ -199,7 +199,7 @@ def resolved_fraction(rec: dict, ctx, when: str, tau: float = TAU, tol: float = 
     Hessian is the same as the spectrum's (same samples; "init": the net rebuilt from its seed, "end": the
     checkpoint) and rms is the spectrum's. Cached in ``<run>/spectra/resolved_<when>_tau<tau>.json``, so
     it is computed after training, never changes a run's identity, and is done once.
-    Returns {"value", "lower", "upper", "converged", "num_matvecs", "interval", "rms", "time"}.
+    Returns {"value", "lower", "upper", "converged", "num_matvecs", "route", "interval", "rms", "time"}.
     """
     import json
     import time as _time
@@ -239,7 +239,7 @@ def resolved_fraction(rec: dict, ctx, when: str, tau: float = TAU, tol: float = 
     r = spectral_fraction(op, (-eps, eps), tol=tol, max_matvecs=max_matvecs, seed=int(spec.seed) * 7919 + 17,
                           progress=False)
     out = {"value": float(r.value), "lower": float(r.lower), "upper": float(r.upper), "converged": bool(r.converged),
-           "num_matvecs": int(r.num_matvecs), "interval": [-eps, eps], "rms": float(summ["rms"]), "tau": tau,
+           "num_matvecs": int(r.num_matvecs), "route": r.method, "interval": [-eps, eps], "rms": float(summ["rms"]), "tau": tau,
            "tol": tol, "max_matvecs": max_matvecs, "time": _time.perf_counter() - t0}
     if sd.is_main(group):
         path.write_text(json.dumps(out))

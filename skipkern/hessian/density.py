@@ -172,8 +172,10 @@ class SpectralDensity:
         return ROUNDING_FACTOR * torch.finfo(dt).eps * scale
 
     def threshold_uncertainty(self) -> float:
-        """rho: the deflation residual bound plus the rounding floor (skipkern.hessian.fractions, 3)."""
-        return float(self.meta.get("deflation", {}).get("residual", 0.0)) + self.rounding_floor()
+        """rho: the deflation residual bound (or a dense reconstruction's) plus the rounding floor
+        (skipkern.hessian.fractions, 3)."""
+        known = self.meta.get("deflation", {}).get("residual", 0.0) + self.meta.get("dense", {}).get("residual", 0.0)
+        return float(known) + self.rounding_floor()
 
     def gauss_node_bounds(self, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
         """Per-probe Gauss-node bounds [k] on the mass of [a, b] (for files without tridiagonals)."""

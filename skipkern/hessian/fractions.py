@@ -23,6 +23,8 @@ at probe u_j, so the fraction is F = (#{Lambda in S} + n E[mu_j(S)]) / P.
    rho = ||R||_2 of A's (Weyl). Products in a working precision move eigenvalues by a rounding amount
    too (``rounding_floor``). Both widen S: the lower bound counts S shrunk by rho, the upper S grown
    by rho.
+4. When every eigenvalue is known (all deflated, or built densely by skipkern.hessian.dense) the
+   fraction is a count: no probe or quadrature error, S widened and shrunk by rho only.
 The point estimate (Gauss rule) lies inside; which of quadrature and probes contributes more to the
 width is reported, and ``resolved`` is False when the quadrature part exceeds max(resolution, probe
 part) or S's edges lie within the rounding floor of 0 (eps too small for this run).
@@ -153,6 +155,8 @@ def certify(dens, a: float, b: float, gauss: np.ndarray, *, confidence: float = 
     k = dens.num_probes
     rho = dens.threshold_uncertainty()
     value = float(gauss.mean())
+    if n == 0:  # every eigenvalue known (deflated, or a dense route): counts, widened by rho only
+        return _counted(dens, a, b, value, rho, confidence)
     stderr = float(gauss.std(ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
     if not dens.has_tridiagonals():  # a file saved before the tridiagonals were kept: Gauss-node bounds
         lo_in, hi_out = dens.gauss_node_bounds(a - rho, b + rho)
@@ -187,3 +191,13 @@ def certify(dens, a: float, b: float, gauss: np.ndarray, *, confidence: float = 
     else:
         note = f"{dominant}-dominated width {upper - lower:.3g} at {confidence:.0%} confidence"
     return Fraction(value, stderr, lower, upper, confidence, quad, probe_w, dominant, resolved, note, (a, b))
+
+
+def _counted(dens, a: float, b: float, value: float, rho: float, confidence: float) -> Fraction:
+    """The Fraction of a density that holds every eigenvalue (no probes, no quadrature)."""
+    lam, P = dens.deflated, dens.dim
+    lower = min(value, float(((lam >= a + rho) & (lam <= b - rho)).sum()) / P)
+    upper = max(value, float(((lam >= a - rho) & (lam <= b + rho)).sum()) / P)
+    note = (f"exact: all {P} eigenvalues; {upper - lower:.3g} of width from eigenvalues within the rounding "
+            f"{rho:.3g} of S's edges" if upper > lower else f"exact: all {P} eigenvalues")
+    return Fraction(value, 0.0, lower, upper, confidence, upper - lower, 0.0, "quadrature", True, note, (a, b))

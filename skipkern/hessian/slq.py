@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from skipkern.hessian.adapters import as_operator
+from skipkern.hessian.dense import KnownSpan
 from skipkern.hessian.deflation import Deflation, find_outliers, probe_generator, sphere_probes
 from skipkern.hessian.density import SpectralDensity, from_lanczos
 from skipkern.hessian.lanczos import (LanczosResult, LanczosRun, check_count, default_breakdown_tol, probe_seed,
@@ -49,6 +50,7 @@ class SLQ:
         self.num_matvecs = 0 if deflation is None else deflation.num_matvecs
         self.num_products = 0
         self._gen = probe_generator(seed, "sphere probes")  # not the stream of a model seeded alike
+        self.known: Optional[KnownSpan] = None  # set it to keep the span of every product (dense route)
 
     @property
     def num_probes(self) -> int:
@@ -61,6 +63,8 @@ class SLQ:
         W = self.op.matmat(V.T.to(self.op.dtype)).T.to(torch.float64)
         self.num_matvecs += V.shape[0]
         self.num_products += 1
+        if self.known is not None:
+            self.known.add(V, W)
         return W if d is None else d.project(W)
 
     def _new_probes(self, k: int) -> Tensor:
