@@ -120,8 +120,9 @@ def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
             if m == "adaptive":
                 ax.plot(x, np.maximum(y, 1e-5), ls, color=color, label=labels[m])
                 for tol, xi, yi in zip(s[group]["adaptive_by_tol"], x, y):
-                    ax.annotate(f"tol {tol}", (xi, max(yi, 1e-5)), xytext=(4, 3), textcoords="offset points",
-                                fontsize=7, color=color)
+                    exact = " (exact, drawn at 1e-5)" if yi < 1e-5 else ""
+                    ax.annotate(f"tol {tol}{exact}", (xi, max(yi, 1e-5)), xytext=(-4 if exact else 4, 3),
+                                textcoords="offset points", fontsize=7, color=color, ha="right" if exact else "left")
             else:
                 ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=labels.get(m, m))
         ax.axhline(s["target"], color="k", lw=0.7, ls="--")
@@ -137,7 +138,7 @@ def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
                      fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("90th percentile over Hessians x seeds\nof the worst |error| over tau")
-    axes[0].legend(fontsize=7.5)
+    axes[0].legend(fontsize=7.5, loc="center left")
     if note:
         fig.suptitle(note, fontsize=9)
     fig.tight_layout()
