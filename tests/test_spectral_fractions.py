@@ -260,6 +260,12 @@ def test_dense_route_answers_exactly_when_the_quadrature_cannot():
     forced = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, exact=True)
     assert forced.method == "dense" and forced.num_matvecs == 300 and forced.num_deflated == 0
     assert {k: f.value for k, f in forced.fractions.items()} == pytest.approx(truth, abs=1e-12)
+    f32 = DenseOperator(operator(ev).matrix, dtype=torch.float32)  # float32 products: rounding ~1e-7 ||A||
+    r32 = spectral_fraction(f32, {"neg": (-math.inf, -1e-3), "band": (1e-2, 1.0)}, tol=0.01, seed=0, progress=False)
+    assert r32.method == "dense" and 1e-9 < r32.density.meta["dense"]["residual"] < 1e-3
+    for name, iv in (("neg", (-math.inf, -1e-3)), ("band", (1e-2, 1.0))):
+        t = np.mean((ev >= iv[0]) & (ev <= iv[1])) if name == "band" else np.mean(ev < -1e-3)
+        assert r32.fractions[name].lower <= t <= r32.fractions[name].upper
     never = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, exact=False, max_matvecs=900)
     small = spectral_fraction(operator(ev), ivs, tol=0.01, seed=0, progress=False, max_dense=299, max_matvecs=900)
     assert never.method == small.method == "slq" and not never.converged

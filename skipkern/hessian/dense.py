@@ -30,7 +30,8 @@ __all__ = ["dense_matrix", "dense_density", "KnownSpan", "known_rtol", "MAX_DENS
 # the product dtype, so the rounding of the products is amplified to at most eps^(2/3) (relative).
 KNOWN_RTOL = {torch.float64: float(np.finfo(np.float64).eps) ** (1 / 3), torch.float32: float(np.finfo(np.float32).eps) ** (1 / 3)}
 DENSE_BLOCK = 64  # columns per product when building the matrix
-MAX_DENSE_DIM = 8192  # default largest P of the exact route (a few [P, P] float64 buffers: ~2 GB)
+MAX_DENSE_DIM = 6144  # default largest P of the exact route: at most three [P, P] float64 buffers (0.9 GB)
+# at a time, plus the products kept (2 x [products, P])
 
 
 def known_rtol(dtype: torch.dtype) -> float:
@@ -107,20 +108,23 @@ def dense_matrix(op, *, known: Optional[Union[KnownSpan, tuple[Tensor, Tensor]]]
         known = span
     Q, AQ = (t.to(dev) for t in known.basis())
     r = Q.shape[1]
+    AB = torch.empty(P, P, dtype=torch.float64, device=dev)  # A B, B = [Q', C] orthonormal
     if r:
-        C = torch.linalg.qr(Q, mode="complete")[0][:, r:]  # orthonormal complement of span(Q)
+        B, R = torch.linalg.qr(Q, mode="complete")  # B[:, :r] R[:r] = Q: the complement comes with it
+        AB[:, :r] = torch.linalg.solve_triangular(R[:r], AQ, upper=True, left=False)
     else:
-        C = torch.eye(P, dtype=torch.float64, device=dev)
-    AC = torch.empty(P, P - r, dtype=torch.float64, device=dev)
+        B = torch.eye(P, dtype=torch.float64, device=dev)
+    del Q, AQ
     with progress_bar(P - r, progress, "dense matrix") as bar:
-        for j in range(0, P - r, block):
-            cols = C[:, j:j + block]
-            AC[:, j:j + block] = op.matmat(cols.to(op.dtype)).to(torch.float64)
+        for j in range(r, P, block):
+            cols = B[:, j:j + block]
+            AB[:, j:j + block] = op.matmat(cols.to(op.dtype)).to(torch.float64)
             bar.update(cols.shape[1])
-    A = torch.cat([AQ, AC], 1) @ torch.cat([Q, C], 1).T
-    anti = 0.5 * (A - A.T)
-    A = 0.5 * (A + A.T)
-    return A, float(torch.linalg.matrix_norm(anti)), P - r
+    A = AB @ B.T
+    del AB, B
+    asym = 0.5 * float(torch.linalg.matrix_norm(A - A.T))
+    A.add_(A.T.clone()).mul_(0.5)
+    return A, asym, P - r
 
 
 def dense_density(op, *, known: Optional[Union[KnownSpan, tuple[Tensor, Tensor]]] = None, progress: bool = True,
