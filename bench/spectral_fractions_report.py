@@ -64,7 +64,23 @@ def _coverage(rows: list, lo: str, hi: str) -> dict:
 
 
 def summarize(rows: list, hessians: list, compare_seeds: int) -> dict:
-    """Errors on the seeds every method ran (< compare_seeds), coverage on all."""
+    """Errors on the seeds every method ran (< compare_seeds), coverage on all. With Hessians of several
+    sizes, each size is summarised by itself (``by_P``; HVP counts of different P do not mix) and the
+    top level holds the smallest P's summary with the coverage over all."""
+    Ps = sorted({int(h["P"]) for h in hessians})
+    if len(Ps) < 2:
+        return _summarize_one(rows, hessians, compare_seeds)
+    by = {}
+    for P in Ps:
+        ids = {i for i, h in enumerate(hessians) if int(h["P"]) == P}
+        by[str(P)] = _summarize_one([r for r in rows if r["hessian"] in ids], [hessians[i] for i in sorted(ids)],
+                                    compare_seeds)
+    out = dict(by[str(Ps[0])], P=Ps, by_P=by)
+    out.update(coverage=_coverage(rows, "lower", "upper"), coverage_t=_coverage(rows, "t_lower", "t_upper"))
+    return out
+
+
+def _summarize_one(rows: list, hessians: list, compare_seeds: int) -> dict:
     out = {"target": TARGET, "P": sorted({int(h["P"]) for h in hessians}), "coverage": _coverage(rows, "lower", "upper"),
            "coverage_t": _coverage(rows, "t_lower", "t_upper"), "compare_seeds": compare_seeds}
     same = [r for r in rows if r["seed"] < compare_seeds]
@@ -87,6 +103,14 @@ def summarize(rows: list, hessians: list, compare_seeds: int) -> dict:
 
 
 def print_summary(s: dict) -> None:
+    for P, one in s.get("by_P", {}).items():
+        print(f"-- P = {P}")
+        print_summary(one)
+    if "by_P" in s:
+        print("-- all sizes")
+        for key in ("coverage", "coverage_t"):
+            print(f"{key}: " + ", ".join(f"{m} {v['covered']}/{v['total']} = {v['rate']:.3f}" for m, v in s[key].items()))
+        return
     for group in GROUPS:
         g = s[group]
         print(f"{group}: HVPs for a 90th-percentile error <= {s['target']} "
@@ -102,7 +126,19 @@ def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    parts = list(s["by_P"].items()) if "by_P" in s else [(str(s["P"][0]) if s.get("P") else "", s)]
+    fig, grid = plt.subplots(len(parts), 2, figsize=(11, 4.2 * len(parts)), sharey=True, squeeze=False)
+    for i, (axes, (P, one)) in enumerate(zip(grid, parts)):
+        _panels(axes, one, P, len(parts) > 1, legend=i == 0)
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _panels(axes, s: dict, P: str, titled: bool, legend: bool = True) -> None:
     styles = {"plain SLQ": ("C0", "-"), "deflated SLQ": ("C1", "-"), "adaptive": ("C2", "o"),
               "adaptive, per round": ("C2", "-"), "PyHessian": ("C3", "--"), "curvlinops": ("C4", ":")}
     labels = {"adaptive": "adaptive, answer at tol " + ", ".join(s["negative"]["adaptive_by_tol"]),
@@ -126,22 +162,44 @@ def figure(rows: list, s: dict, path: Path, note: str = "") -> Path:
             else:
                 ax.step(x, np.maximum(y, 1e-5), where="post", color=color, ls=ls, label=labels.get(m, m))
         ax.axhline(s["target"], color="k", lw=0.7, ls="--")
-        for P in s.get("P", []):
-            ax.axvline(P, color="0.5", lw=0.7, ls=":")
-            ax.annotate(f"P = {P}", (P, 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7, color="0.4",
+        for dim in s.get("P", []):
+            ax.axvline(dim, color="0.5", lw=0.7, ls=":")
+            ax.annotate(f"P = {dim}", (dim, 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7, color="0.4",
                         rotation=90, va="center")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("Hessian-vector products (deflation search included)")
-        ax.set_title({"degenerate": "degenerate: |lambda| <= tau rms(lambda)",
-                      "negative": "negative: lambda < -tau rms(lambda)"}[group] + ", tau = 1e-3, 1e-2, 1e-1",
-                     fontsize=10)
+        ax.set_title(({"degenerate": "degenerate: |lambda| <= tau rms(lambda)",
+                       "negative": "negative: lambda < -tau rms(lambda)"}[group] + ", tau = 1e-3, 1e-2, 1e-1")
+                     + (f"\nHessians with P = {P}" if titled else ""), fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("90th percentile over Hessians x seeds\nof the worst |error| over tau")
-    axes[0].legend(fontsize=7.5, loc="center left")
-    if note:
-        fig.suptitle(note, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    if legend:
+        axes[0].legend(fontsize=7.5, loc="center left")
+
+
+def main() -> None:
+    """Re-summarise a result file with this module (rewrites its extra.summary, recording the commit that
+    did, and redraws its figure beside it)."""
+    import argparse
+    import json
+    import subprocess
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("result", type=Path)
+    args = ap.parse_args()
+    d = json.loads(args.result.read_text())
+    e = d["extra"]
+    e["summary"] = summarize(d["rows"], e["hessians"], e["summary"]["compare_seeds"])
+    e["summary_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                         cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    args.result.write_text(json.dumps(d, indent=1, default=str) + "\n")
+    print_summary(e["summary"])
+    Ps = sorted({h["P"] for h in e["hessians"]})
+    n = len({(r["hessian"], r["seed"]) for r in d["rows"] if r["seed"] < e["summary"]["compare_seeds"]})
+    note = (f"SkipMLP Hessians (P = {', '.join(map(str, Ps))}), MNIST-1D, {len(e['hessians'])} Hessians (architecture x "
+            f"init/trained); errors over {n} Hessian x seed, every method on the same ones")
+    print(figure(d["rows"], e["summary"], args.result.with_suffix(".png"), note))
+
+
+if __name__ == "__main__":
+    main()
